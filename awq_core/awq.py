@@ -1,0 +1,231 @@
+"""AWQ block by block, as in the paper's algorithm box:
+
+    for each decoder block (only this block on the compute device):
+        capture the inputs of every linear and the float output of every inspected module
+        for each scaling group: search s, fuse it (prev_op / s, linears * s)
+        for each linear (but q/k): search clip ratios, clamp
+        quantize every linear (RTN on the transformed weights), record errors
+        next block's input: the float block's output (or the quantized block's, if configured)
+
+RTN is the same loop with both searches off.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from awq_core.capture import (
+    ModuleCall,
+    capture_block_features,
+    capture_block_kwargs,
+    capture_first_block_inputs,
+    run_block,
+    to_device,
+)
+from awq_core.clip_search import apply_clip, search_clip, sample_tokens
+from awq_core.config import QuantConfig
+from awq_core.fuse import apply_scales
+from awq_core.quantizer import QuantizedWeight, check_group_size, quantize
+from awq_core.registry import Architecture, active_groups, block_linears, detect_architecture, get_blocks
+from awq_core.scale_search import search_scales
+
+ERROR_SAMPLE_TOKENS = 2048  # tokens used to report each linear's output error; enough for 3 digits
+
+
+@dataclass
+class LinearMetrics:
+    name: str  # full module path, e.g. model.layers.3.mlp.down_proj
+    block: int
+    rtn_error: float  # relative output MSE of plain RTN on the original weights
+    final_error: float  # relative output MSE after scaling, clipping and quantization
+    scale_ratio: float | None = None  # chosen r of its scaling group (None: identity won or no group)
+    scale_loss: float | None = None  # the group's inspect-module loss with the chosen scales
+    scale_rtn_loss: float | None = None  # the same loss with identity scales
+    clip_ratio_mean: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BlockResult:
+    index: int
+    quantized: dict[str, QuantizedWeight]  # by full module path
+    metrics: list[LinearMetrics] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def relative_output_error(x: torch.Tensor, reference_w: torch.Tensor, w: torch.Tensor, x_for_w: torch.Tensor | None = None) -> float:
+    """||x_w W^T - x R^T||^2 / ||x R^T||^2 on sampled tokens."""
+    xs = sample_tokens(x, ERROR_SAMPLE_TOKENS).float()  # (t, in)
+    xw = xs if x_for_w is None else sample_tokens(x_for_w, ERROR_SAMPLE_TOKENS).float()
+    ref = xs @ reference_w.float().T  # (t, out)
+    out = xw @ w.float().T
+    return float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp(min=1e-20))
+
+
+def check_block(block: nn.Module, config: QuantConfig, prefix: str) -> None:
+    """Fail before any work if a linear's in_features does not fit the group size."""
+    for name, linear in block_linears(block).items():
+        check_group_size(config.group_size, linear.in_features, f"{prefix}.{name}")
+
+
+def check_finite(x: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(
+            f"non-finite activations (NaN or Inf) at {where}: check the model's dtype (try float32) "
+            "and the calibration text"
+        )
+
+
+@torch.no_grad()
+def quantize_block(
+    block: nn.Module,
+    index: int,
+    prefix: str,
+    hidden: torch.Tensor,
+    block_kwargs: dict,
+    arch: Architecture,
+    config: QuantConfig,
+    batch_size: int,
+) -> tuple[BlockResult, torch.Tensor]:
+    """Quantize one block in place (its linears end up holding fake-quantized weights).
+
+    `hidden` is the block input (n, seqlen, hidden) on the block's device. Returns the result and the
+    block's float output (the input of the next block).
+    """
+    start = time.perf_counter()
+    check_finite(hidden, f"the input of {prefix}")
+    groups = active_groups(block, arch)
+    fp_out, feats, calls = capture_block_features(block, hidden, block_kwargs, [g.inspect for g in groups], batch_size)
+    linears = block_linears(block)
+    originals = {name: l.weight.detach().clone() for name, l in linears.items()}
+    metrics = {name: LinearMetrics(f"{prefix}.{name}", index, 0.0, 0.0) for name in linears}
+    input_scale = {name: torch.ones(l.in_features, device=l.weight.device) for name, l in linears.items()}
+    # A linear that is a group's prev_op (v_proj, up_proj) has its outputs divided by that group's scales.
+    output_scale = {name: torch.ones(l.out_features, device=l.weight.device) for name, l in linears.items()}
+
+    if config.searches_scales:
+        for group in groups:
+            group_linears = [linears[n] for n in group.linears]
+            x = feats[group.linears[0]]
+            reference = calls[group.inspect](x)
+            result = search_scales(
+                group_linears, x, calls[group.inspect], reference,
+                w_bit=config.w_bit, group_size=config.group_size, zero_point=config.zero_point,
+                n_grid=config.n_grid, duo_scaling=config.duo_scaling,
+            )
+            apply_scales(block, group, result.scales, arch)
+            if group.prev_op in output_scale:
+                output_scale[group.prev_op] = output_scale[group.prev_op] * result.scales.to(output_scale[group.prev_op])
+            for n in group.linears:
+                input_scale[n] = result.scales.to(input_scale[n])
+                m = metrics[n]
+                m.scale_ratio, m.scale_loss, m.scale_rtn_loss = result.ratio, result.loss, result.rtn_loss
+
+    quantized: dict[str, QuantizedWeight] = {}
+    for name, linear in linears.items():
+        if is_excluded(f"{prefix}.{name}", config):
+            metrics.pop(name)
+            continue
+        t0 = time.perf_counter()
+        x_scaled = feats[name] / input_scale[name].to(feats[name].dtype)  # what the linear now sees
+        skip_clip = any(name.endswith(s) for s in config.clip.skip)
+        if config.searches_clip and not skip_clip:
+            clip = search_clip(
+                linear.weight, x_scaled,
+                w_bit=config.w_bit, group_size=config.group_size, zero_point=config.zero_point,
+                max_shrink=config.clip.max_shrink, n_grid=config.clip.n_grid,
+                n_sample_tokens=config.clip.n_sample_tokens,
+            )
+            apply_clip(linear.weight, clip.max_val)
+            metrics[name].clip_ratio_mean = float(clip.ratios.mean())
+        qw = quantize(linear.weight, config.w_bit, config.group_size, config.zero_point)
+        linear.weight.copy_(qw.dequantize().to(linear.weight.dtype))
+        quantized[f"{prefix}.{name}"] = qw
+        rtn = quantize(originals[name], config.w_bit, config.group_size, config.zero_point).dequantize()
+        metrics[name].rtn_error = relative_output_error(feats[name], originals[name], rtn)
+        # Compare against the reference the scaled linear must reproduce: original outputs / output scale.
+        reference = originals[name] / output_scale[name].view(-1, 1).to(originals[name])
+        metrics[name].final_error = relative_output_error(feats[name], reference, linear.weight, x_scaled)
+        metrics[name].seconds = time.perf_counter() - t0
+
+    next_hidden = run_block(block, hidden, block_kwargs, batch_size) if config.sequential_quantized_inputs else fp_out
+    check_finite(next_hidden, f"the output of {prefix}")
+    result = BlockResult(index, quantized, list(metrics.values()), time.perf_counter() - start)
+    return result, next_hidden
+
+
+def is_excluded(module_path: str, config: QuantConfig) -> bool:
+    """AutoAWQ's rule: a module stays in float if any entry of modules_to_not_convert is in its path."""
+    return any(key in module_path for key in config.modules_to_not_convert)
+
+
+def prefix_of(arch: Architecture, index: int) -> str:
+    return f"{arch.blocks}.{index}"
+
+
+@torch.no_grad()
+def iterate_blocks(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    config: QuantConfig,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    start_block: int = 0,
+    start_hidden: torch.Tensor | None = None,
+) -> Iterator[BlockResult]:
+    """Quantize the model's blocks in order, yielding each block's result as soon as it is done.
+
+    Only the block being quantized is moved to `device`; it goes back to its original device after.
+    `start_block`/`start_hidden` let a caller resume from a checkpointed block input.
+    """
+    arch = detect_architecture(model.config)
+    blocks = get_blocks(model, arch)
+    for index, block in enumerate(blocks):
+        check_block(block, config, prefix_of(arch, index))
+    kwargs_per_block = capture_block_kwargs(model, arch, input_ids[:1])
+    hidden = start_hidden if start_hidden is not None else capture_first_block_inputs(model, arch, input_ids, batch_size)
+    for index in range(start_block, len(blocks)):
+        block = blocks[index]
+        home = next(block.parameters()).device
+        block.to(device)
+        result, hidden = quantize_block(
+            block, index, prefix_of(arch, index), hidden.to(device), to_device(kwargs_per_block[index], device),
+            arch, config, batch_size,
+        )
+        block.to(home)
+        yield result
+
+
+@dataclass
+class QuantizationResult:
+    quantized: dict[str, QuantizedWeight]  # integer weights by module path
+    metrics: list[LinearMetrics]
+    seconds: float
+
+
+def quantize_model(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    config: QuantConfig,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    progress: Callable[[BlockResult], None] | None = None,
+) -> QuantizationResult:
+    """Quantize every decoder block in place (the model ends up fake-quantized)."""
+    start = time.perf_counter()
+    model.eval()
+    result = QuantizationResult({}, [], 0.0)
+    for block_result in iterate_blocks(model, input_ids, config, device, batch_size):
+        result.quantized.update(block_result.quantized)
+        result.metrics.extend(block_result.metrics)
+        if progress is not None:
+            progress(block_result)
+    result.seconds = time.perf_counter() - start
+    return result

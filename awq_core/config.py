@@ -1,0 +1,106 @@
+"""Quantization settings: one frozen pydantic model that round-trips through JSON."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Method(str, Enum):
+    AWQ = "awq"  # scale search + clip search
+    RTN = "rtn"  # round to nearest: the same path with both searches off; the baseline
+
+
+class Version(str, Enum):
+    """The AutoAWQ checkpoint layout."""
+
+    GEMM = "gemm"  # qweight (in, out / 8): what transformers and vLLM load
+    GEMV = "gemv"  # qweight (out, in / 8): AutoAWQ's batch-1 layout
+
+    @classmethod
+    def parse(cls, value: "Version | str") -> "Version":
+        """Accept an enum (ours or any str enum with the same values) or "gemm" / "GEMM" / "gemv"."""
+        text = value.value if isinstance(value, Enum) else str(value)
+        try:
+            return cls(text.lower())
+        except ValueError:
+            raise ValueError(f"unsupported AWQ version {value!r}: expected one of {[v.value for v in cls]}") from None
+
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_GROUP_SIZES = (-1, 32, 64, 128)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CalibrationConfig(_Frozen):
+    # "builtin" is offline text shipped with Python itself; otherwise a hub dataset name
+    # (e.g. "mit-han-lab/pile-val-backup", AutoAWQ's default) or a local .txt / .jsonl path.
+    source: str = "builtin"
+    split: str = "validation"
+    text_column: str = "text"
+    n_samples: int = Field(128, ge=1, le=4096)
+    seqlen: int = Field(512, ge=16, le=32768)
+    seed: int = 0
+
+
+class ClipConfig(_Frozen):
+    enabled: bool = True
+    max_shrink: float = Field(0.5, gt=0.0, lt=1.0)  # search clip ratios in [1 - max_shrink, 1]
+    n_grid: int = Field(20, ge=2, le=200)
+    n_sample_tokens: int = Field(512, ge=16)  # tokens used to measure clip error
+    skip: tuple[str, ...] = ("q_proj", "k_proj", "query", "key", "Wqkv")  # attention scores absorb q/k error
+
+
+class QuantConfig(_Frozen):
+    method: Method = Method.AWQ
+    w_bit: Literal[2, 3, 4, 8] = 4
+    group_size: Literal[-1, 32, 64, 128] = 128
+    zero_point: bool = True
+    version: Version = Version.GEMM
+    n_grid: int = Field(20, ge=1, le=200)  # points of the scale-ratio grid r in [0, 1)
+    duo_scaling: bool = True  # s = x^r / w^(1-r) (True) or s = x^r (False)
+    clip: ClipConfig = ClipConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    modules_to_not_convert: tuple[str, ...] = ("lm_head",)
+    # False: the next block sees the unquantized block's output (AutoAWQ); True: the quantized one's.
+    sequential_quantized_inputs: bool = False
+
+    @field_validator("w_bit", "group_size", mode="before")
+    @classmethod
+    def _int_like(cls, value):
+        # Accept "64" from a CLI or env var but keep the Literal check for the value itself.
+        return int(value) if isinstance(value, str) and value.lstrip("-").isdigit() else value
+
+    @property
+    def searches_scales(self) -> bool:
+        return self.method is Method.AWQ
+
+    @property
+    def searches_clip(self) -> bool:
+        return self.method is Method.AWQ and self.clip.enabled
+
+    def hf_quantization_config(self) -> dict:
+        """The `quantization_config` block of config.json that transformers and vLLM read."""
+        if self.w_bit != 4:
+            raise ValueError(
+                f"w_bit={self.w_bit}: the AutoAWQ checkpoint layout stores 4-bit weights only; use w_bit=4"
+            )
+        return {
+            "quant_method": "awq",
+            "bits": self.w_bit,
+            "group_size": self.group_size,
+            "zero_point": self.zero_point,
+            "version": self.version.value,
+            "modules_to_not_convert": list(self.modules_to_not_convert),
+        }
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantConfig":
+        return cls.model_validate_json(text)

@@ -1,0 +1,334 @@
+"""W4A16 kernel benchmark, GPU correctness check and config autotuner (needs a CUDA GPU).
+
+    python benchmarks/kernels.py                 # check, then benchmark -> benchmarks/results/kernels_<gpu>.json
+    python benchmarks/kernels.py --autotune      # check, then tune -> triton_kernels/configs/<gpu>.json
+    python benchmarks/kernels.py --check-only
+
+Timing: every variant runs over a ring of distinct layers whose weights total more than 4x the L2
+cache, captured once in a CUDA graph (one launch per layer) and replayed; the per-layer time is
+the median replay time over the ring length. The bandwidth floor is the bytes that must move
+(int4 weights, fp16 scales, int4 zeros, activations in and out) over a measured copy bandwidth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from triton_kernels import KernelChoice, PreparedWeight, prepare, select_kernel, w4a16_linear  # noqa: E402
+from triton_kernels import configs  # noqa: E402
+from triton_kernels.configs import GemmConfig, GemvConfig  # noqa: E402
+from triton_kernels.dequant import dequant_matmul  # noqa: E402
+from triton_kernels.gemm import gemm  # noqa: E402
+from triton_kernels.gemv import gemv  # noqa: E402
+from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error  # noqa: E402
+
+SHAPES = {  # name: (N, K)
+    "7b_qkv": (12288, 4096), "7b_o": (4096, 4096), "7b_up_gate": (22016, 4096), "7b_down": (4096, 11008),
+    "70b_o": (8192, 8192), "70b_up_gate": (28672, 8192), "70b_down": (8192, 28672),
+}
+MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+GROUP = 128
+REPLAYS = 15
+
+
+# ----------------------------------------------------------------------------------------- correctness
+def check_correctness() -> list[dict]:
+    """The tests' comparisons on the real device: every kernel, group size, dtype, ragged M and K."""
+    rows = []
+    cases = [(1024, 768, 128), (1024, 768, 64), (1024, 768, 32), (1152, 520, -1), (4224, 1032, 128)]
+    kernels = {
+        "gemv": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=4, max_m=8)),
+        "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
+        "dequant_cublas": dequant_matmul,
+        "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
+    }
+    for dtype in (torch.float16, torch.bfloat16):
+        for k, n, group in cases:
+            layer = random_awq_layer(k, n, group, dtype, device="cuda", seed=k + n + (group % 97))
+            w = prepare(layer.qweight, layer.qzeros, layer.scales, group)
+            for m in (1, 3, 8, 17, 100, 300):
+                x = torch.randn((m, k), device="cuda").to(dtype)
+                bias = torch.randn((n,), device="cuda").to(dtype) if m == 17 else None
+                ref = reference_matmul(x, layer, bias)
+                for name, fn in kernels.items():
+                    if name == "gemv" and m > 8:
+                        continue
+                    y = fn(x, w, bias)
+                    err = relative_error(y, ref)
+                    ok = bool(y.shape == (m, n) and torch.isfinite(y).all() and err < RTOL)
+                    rows.append(dict(kernel=name, dtype=str(dtype), k=k, n=n, group=group, m=m, err=err, ok=ok))
+    bad = [r for r in rows if not r["ok"]]
+    print(f"correctness: {len(rows) - len(bad)}/{len(rows)} comparisons under {RTOL}; worst error "
+          f"{max(r['err'] for r in rows):.2e}")
+    if bad:
+        for r in bad[:20]:
+            print("FAILED", r)
+        raise SystemExit(f"GPU correctness check FAILED for {len(bad)} comparisons")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- timing
+def l2_bytes() -> int:
+    return torch.cuda.get_device_properties(0).L2_cache_size
+
+
+def ring_length(layer_bytes: int) -> int:
+    return max(2, math.ceil(4 * l2_bytes() / layer_bytes))
+
+
+def time_ring(fn, ring: list, x: torch.Tensor, replays: int = REPLAYS) -> float:
+    """Median microseconds per layer of `fn(x, layer)` over the ring, replayed from one CUDA graph."""
+    for layer in ring[:2]:
+        fn(x, layer)  # compile / autotune outside the capture
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for layer in ring[:2]:
+            fn(x, layer)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for layer in ring:
+            fn(x, layer)
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / len(ring))
+    del graph
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 1 GiB device-to-device copy, counting bytes read plus written."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * src.numel() / statistics.median(times)
+
+
+def floor_bytes(m: int, n: int, k: int) -> int:
+    """int4 weights + fp16 scales + int4 zeros + fp16 activations in and out."""
+    groups = k // GROUP
+    return n * k // 2 + groups * n * 2 + groups * n // 2 + 2 * m * k + 2 * m * n
+
+
+def random_prepared(n: int, k: int, dtype=torch.float16) -> PreparedWeight:
+    """A layer with random codes in the prepared layout (timing only: distinct memory per layer)."""
+    k_pad = -(-k // 128) * 128
+    groups = -(-k_pad // GROUP)
+    return PreparedWeight(
+        qweight=torch.randint(-(2**31), 2**31 - 1, (k_pad // 128, n, 16), dtype=torch.int32, device="cuda"),
+        zeros=torch.randint(0, 16, (groups, n), dtype=torch.uint8, device="cuda"),
+        scales=(torch.rand((groups, n), device="cuda") * 0.02 + 0.005).to(dtype),
+        group_size=GROUP, in_features=k, out_features=n,
+    )
+
+
+def prepared_bytes(w: PreparedWeight) -> int:
+    return sum(t.numel() * t.element_size() for t in (w.qweight, w.zeros, w.scales))
+
+
+def gemlite_ring(n: int, k: int, count: int) -> list | None:
+    """GemLite A16W4 (group 128) layers, or None when gemlite is not installed."""
+    try:
+        from gemlite.helper import A16W4_HQQ_INT
+    except Exception as exc:  # noqa: BLE001 - any import failure means: no GemLite column
+        print(f"gemlite unavailable: {exc!r}")
+        return None
+    ring = []
+    for _ in range(count):
+        w_q = torch.randint(0, 16, (n, k), dtype=torch.uint8, device="cuda")
+        scales = (torch.rand((n, k // GROUP), device="cuda") * 0.02 + 0.005).half()
+        zeros = torch.randint(0, 16, (n, k // GROUP), device="cuda").half()
+        ring.append(A16W4_HQQ_INT(device="cuda", dtype=torch.float16).from_weights(w_q, scales, zeros))
+    return ring
+
+
+# ----------------------------------------------------------------------------------------- autotune
+def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
+    blocks = -(-k // 128)
+    out = []
+    for block_n in (32, 64, 128):
+        for warps in (2, 4):
+            if block_n * 16 * configs.bucket_m(m) // (32 * warps) > 64:  # accumulator registers per thread
+                continue
+            for split in (1, 2, 4, 8, 16, 32):
+                programs = -(-n // block_n) * split
+                if split <= blocks and 132 <= programs <= 132 * 12:
+                    out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8))
+    return out
+
+
+def gemm_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
+    blocks = -(-k // 128)
+    out = []
+    for block_m in sorted({min(max(16, configs.bucket_m(m)), 128), min(max(16, configs.bucket_m(m) // 2), 128)}):
+        for block_n in (64, 128, 256):
+            warps = 4 if block_m * block_n <= 64 * 128 else 8
+            tiles = -(-m // block_m) * -(-n // block_n)
+            for split in (1, 2, 4, 8):
+                if split <= blocks // 2 and (split == 1 or tiles * split <= 132 * 4):
+                    out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps, num_stages=3))
+    return out
+
+
+def autotune(out_path: Path | None) -> None:
+    name = torch.cuda.get_device_name(0)
+    entries: dict[str, dict] = {}
+    log = []
+    for shape, (n, k) in SHAPES.items():
+        w0 = random_prepared(n, k)
+        ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
+        for m in MS:
+            x = torch.randn((m, k), device="cuda", dtype=torch.float16)
+            for kind, cands, fn in (
+                ("gemv", gemv_candidates(m, n, k) if m <= 8 else [], gemv),
+                ("gemm", gemm_candidates(m, n, k) if m >= 2 else [], gemm),
+            ):
+                best = None
+                for cfg in cands:
+                    try:
+                        t = time_ring(lambda xx, ww, c=cfg, f=fn: f(xx, ww, None, c), ring, x, replays=5)
+                    except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: skip the config
+                        print(f"skip {kind} {cfg}: {type(exc).__name__}")
+                        continue
+                    if best is None or t < best[0]:
+                        best = (t, cfg)
+                if best:
+                    entries[configs.config_key(kind, n, k, m)] = configs.as_entry(best[1])
+                    log.append(dict(shape=shape, m=m, kernel=kind, us=best[0], config=configs.as_entry(best[1])))
+                    print(f"{shape:12s} M={m:5d} {kind}: {best[0]:8.1f} us {best[1]}", flush=True)
+        del ring, w0
+        torch.cuda.empty_cache()
+    meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "group_size": GROUP,
+            "note": "written by benchmarks/kernels.py --autotune; fp16 activations, ring-of-layers CUDA-graph timing"}
+    path = configs.save_table(name, entries, meta)
+    print("wrote", path)
+    if out_path:
+        out_path.mkdir(parents=True, exist_ok=True)
+        (out_path / path.name).write_text(path.read_text())
+        (out_path / "autotune_log.json").write_text(json.dumps(log, indent=1))
+
+
+# ----------------------------------------------------------------------------------------- benchmark
+def benchmark(shapes: dict, ms: tuple, save) -> dict:
+    name = torch.cuda.get_device_name(0)
+    cap = torch.cuda.get_device_capability(0)
+    bw = copy_bandwidth()
+    print(f"{name}: copy bandwidth {bw / 1e12:.2f} TB/s (read + write), L2 {l2_bytes() / 2**20:.0f} MiB", flush=True)
+    results = []
+    for shape, (n, k) in shapes.items():
+        w0 = random_prepared(n, k)
+        ours = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
+        fp16 = [torch.randn((n, k), device="cuda", dtype=torch.float16) for _ in range(ring_length(2 * n * k))]
+        try:
+            glite = gemlite_ring(n, k, ring_length(prepared_bytes(w0)))
+        except Exception as exc:  # noqa: BLE001
+            print(f"gemlite failed to build: {exc!r}")
+            glite = None
+        for m in ms:
+            x = torch.randn((m, k), device="cuda", dtype=torch.float16)
+            choice = select_kernel(m, n, k, cap)
+            row = dict(shape=shape, n=n, k=k, m=m, dispatched=choice.value)
+            row["fp16_us"] = time_ring(lambda xx, ww: F.linear(xx, ww), fp16, x)
+            for kernel in (KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.DEQUANT_CUBLAS):
+                if kernel is KernelChoice.GEMV and m > 8:
+                    continue
+                if kernel is KernelChoice.DEQUANT_CUBLAS and m < 64:
+                    continue
+                row[f"{kernel.value}_us"] = time_ring(lambda xx, ww, kk=kernel: w4a16_linear(xx, ww, kernel=kk), ours, x)
+            row["ours_us"] = row[f"{choice.value}_us"]
+            if glite is not None:
+                try:
+                    row["gemlite_us"] = time_ring(lambda xx, ww: ww(xx), glite, x)
+                except Exception as exc:  # noqa: BLE001 - record and go on without the column
+                    row["gemlite_error"] = repr(exc)[:200]
+            row["floor_us"] = floor_bytes(m, n, k) / bw * 1e6
+            row["floor_fraction"] = row["floor_us"] / row["ours_us"]
+            row["speedup_vs_fp16"] = row["fp16_us"] / row["ours_us"]
+            if "gemlite_us" in row:
+                row["speedup_vs_gemlite"] = row["gemlite_us"] / row["ours_us"]
+            results.append(row)
+            print(format_row(row), flush=True)
+            save(dict(gpu=name, capability=list(cap), copy_bandwidth_Bps=bw, l2_bytes=l2_bytes(), rows=results))
+        del ours, fp16, glite
+        torch.cuda.empty_cache()
+    return dict(gpu=name, capability=list(cap), copy_bandwidth_Bps=bw, l2_bytes=l2_bytes(), rows=results)
+
+
+def format_row(r: dict) -> str:
+    cols = [f"{r['shape']:12s}", f"M={r['m']:5d}", f"{r['dispatched']:14s}", f"ours {r['ours_us']:8.1f}",
+            f"fp16 {r['fp16_us']:8.1f}", f"gemlite {r.get('gemlite_us', float('nan')):8.1f}",
+            f"floor {r['floor_us']:6.1f}", f"x{r['speedup_vs_fp16']:5.2f} fp16",
+            f"x{r.get('speedup_vs_gemlite', float('nan')):5.2f} gl", f"{100 * r['floor_fraction']:5.1f}% floor"]
+    extra = " ".join(f"{k[:-3]}={r[k]:.1f}" for k in ("gemv_us", "gemm_us", "dequant_cublas_us") if k in r)
+    return " ".join(cols) + "  | " + extra
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--autotune", action="store_true", help="tune configs and write triton_kernels/configs/<gpu>.json")
+    parser.add_argument("--check-only", action="store_true")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
+    parser.add_argument("--ms", default=",".join(map(str, MS)))
+    parser.add_argument("--out", type=Path, default=None, help="also copy result files here")
+    parser.add_argument("--tag", default="", help="suffix of the result file name: kernels_<gpu>[_<tag>].json")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    t0 = time.time()
+    check = check_correctness()
+    if args.check_only:
+        return
+    if args.autotune:
+        autotune(args.out)
+        return
+    shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
+    tag = configs.gpu_file_name(torch.cuda.get_device_name(0))[: -len(".json")] + (f"_{args.tag}" if args.tag else "")
+    path = Path(__file__).resolve().parent / "results" / f"kernels_{tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = dict(command="python " + " ".join(sys.argv), torch=torch.__version__,
+                 triton=__import__("triton").__version__, group_size=GROUP,
+                 correctness=dict(comparisons=len(check), worst_error=max(r["err"] for r in check), rtol=RTOL))
+
+    def save(data: dict) -> None:  # after every row, so a run cut short keeps what it measured
+        data = {**extra, **data, "seconds": time.time() - t0}
+        path.write_text(json.dumps(data, indent=1) + "\n")
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / path.name).write_text(path.read_text())
+
+    data = benchmark(shapes, tuple(int(m) for m in args.ms.split(",")), save)
+    print("\n".join(format_row(r) for r in data["rows"]))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prefect deployments: schedules, triggers and work pools for the flows."""

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over awq_core, one pipeline stage a module."""

@@ -1,0 +1,37 @@
+"""The dispatch table's choices."""
+import logging
+
+import pytest
+
+from triton_kernels import dispatch
+from triton_kernels.dispatch import DISPATCH_TABLE, KernelChoice, select_kernel
+
+H100 = (9, 0)
+
+
+def test_table_is_ordered_and_explained():
+    limits = [rule.max_m for rule in DISPATCH_TABLE]
+    assert limits == sorted(limits) and len(set(limits)) == len(limits)
+    assert all(len(rule.reason) > 20 for rule in DISPATCH_TABLE)
+    assert {rule.choice for rule in DISPATCH_TABLE} == {KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.DEQUANT_CUBLAS}
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 64, 256, 257, 1024, 8192])
+def test_choice_follows_table(m):
+    expected = next(rule.choice for rule in DISPATCH_TABLE if m <= rule.max_m)
+    assert select_kernel(m, 4096, 4096, H100) is expected
+
+
+def test_regimes():
+    assert select_kernel(1, 12288, 4096, H100) is KernelChoice.GEMV
+    assert select_kernel(64, 12288, 4096, H100) is KernelChoice.GEMM
+    assert select_kernel(4096, 12288, 4096, H100) is KernelChoice.DEQUANT_CUBLAS
+
+
+def test_no_cuda_or_old_gpu_falls_back_to_torch_with_one_notice(caplog, monkeypatch):
+    monkeypatch.setattr(dispatch, "_notified", False)
+    with caplog.at_level(logging.WARNING, logger="triton_kernels.dispatch"):
+        assert select_kernel(1, 64, 64, None) is KernelChoice.TORCH
+        assert select_kernel(1, 64, 64, (7, 0)) is KernelChoice.TORCH
+        assert select_kernel(1, 64, 64, (7, 5)) is not KernelChoice.TORCH
+    assert len([r for r in caplog.records if "PyTorch reference" in r.getMessage()]) == 1

@@ -1,0 +1,84 @@
+"""Every kernel against the float64 reference on small random shapes.
+
+Without CUDA these run on Triton's CPU interpreter (see conftest.py), which is slow: shapes are
+kept to a few 128-row blocks of K and a few tiles of N and M.
+"""
+import os
+
+import pytest
+import torch
+
+from triton_kernels.configs import GemmConfig, GemvConfig
+from triton_kernels.dequant import dequantize
+from triton_kernels.gemm import gemm
+from triton_kernels.gemv import gemv
+from triton_kernels.prepare import dequantize_prepared, prepare
+from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (K, N, group): K=96 and K=160 are not multiples of the 128-row block; group -1 is one group over K.
+SHAPES = [(256, 64, 128), (160, 48, 32), (192, 64, 64), (96, 40, -1)]
+
+
+def _inputs(m, k, n, group, dtype, seed, with_bias=False):
+    layer = random_awq_layer(k, n, group, dtype, device=DEVICE, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn((m, k), generator=gen).to(dtype).to(DEVICE)
+    bias = torch.randn((n,), generator=gen).to(dtype).to(DEVICE) if with_bias else None
+    return layer, x, bias
+
+
+def _check(y, layer, x, bias, m, n):
+    assert y.shape == (m, n)
+    assert torch.isfinite(y).all(), "output has NaN/inf (unwritten or overflowed elements)"
+    err = relative_error(y, reference_matmul(x, layer, bias))
+    assert err < RTOL, f"relative error {err:.2e} >= {RTOL}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k,n,group", SHAPES)
+@pytest.mark.parametrize("m,split_k", [(1, 1), (3, 2)])
+def test_gemv(m, split_k, k, n, group, dtype):
+    layer, x, bias = _inputs(m, k, n, group, dtype, seed=m + k + n, with_bias=(m == 3))
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    y = gemv(x, w, bias, GemvConfig(block_n=32, split_k=split_k, num_warps=4, num_stages=1, max_m=4))
+    _check(y, layer, x, bias, m, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k,n,group", SHAPES)
+@pytest.mark.parametrize("m,block_m,split_k", [(1, 16, 1), (21, 16, 2), (33, 32, 1)])
+def test_gemm(m, block_m, split_k, k, n, group, dtype):
+    layer, x, bias = _inputs(m, k, n, group, dtype, seed=2 * m + k + n, with_bias=(m == 21))
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    y = gemm(x, w, bias, GemmConfig(block_m=block_m, block_n=32, split_k=split_k, num_warps=4, num_stages=1))
+    _check(y, layer, x, bias, m, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k,n,group", SHAPES[:2])
+def test_dequant_kernel_matches_reference_bit_for_bit(k, n, group, dtype):
+    layer, _, _ = _inputs(1, k, n, group, dtype, seed=7)
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    dense = dequantize(w, block_n=32)
+    assert dense.shape == (k, n)
+    ref = dequantize_prepared(w).cpu()
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        # The CPU interpreter truncates float32 -> bf16 instead of rounding to nearest: 1 ulp off.
+        torch.testing.assert_close(dense.cpu().float(), ref.float(), rtol=2**-7, atol=0)
+        assert not torch.equal(dense.cpu(), torch.zeros_like(dense.cpu()))
+    else:
+        assert torch.equal(dense.cpu(), ref)
+
+
+def test_split_k_partial_sums_all_land():
+    """A split-K GEMV whose splits each see a different part of x: losing one split changes y."""
+    layer, x, _ = _inputs(1, 512, 32, 128, torch.float16, seed=11)
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    y = gemv(x, w, None, GemvConfig(block_n=32, split_k=4, num_warps=4, num_stages=1, max_m=1))
+    _check(y, layer, x, None, 1, 32)
+    x_tail = x.clone()
+    x_tail[:, :384] = 0  # only the last split's rows remain
+    y_tail = gemv(x_tail, w, None, GemvConfig(block_n=32, split_k=4, num_warps=4, num_stages=1, max_m=1))
+    _check(y_tail, layer, x_tail, None, 1, 32)

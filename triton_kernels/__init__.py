@@ -1,0 +1,14 @@
+"""Fused dequantize-matmul Triton kernels and their dispatch. Knows nothing about models."""
+from .dispatch import DISPATCH_TABLE, KernelChoice, select_kernel
+from .ops import w4a16_linear
+from .prepare import PreparedWeight, dequantize_prepared, prepare
+
+__all__ = [
+    "DISPATCH_TABLE",
+    "KernelChoice",
+    "PreparedWeight",
+    "dequantize_prepared",
+    "prepare",
+    "select_kernel",
+    "w4a16_linear",
+]

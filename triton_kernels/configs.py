@@ -1,0 +1,116 @@
+"""Launch configurations, tuned per GPU and cached in `configs/<gpu name>.json`.
+
+Keys are `"<kernel>/N=<n>/K=<k>/M=<bucket>"` with M rounded up to a power of two (`bucket_m`).
+A lookup falls back, in order, to: the same kernel and shape at the nearest tuned M bucket, then a
+heuristic default sized from the multiprocessor count. The JSON files are written by
+`python benchmarks/kernels.py --autotune`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MAX_BUCKET = 4096
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int = 64
+    split_k: int = 4
+    num_warps: int = 4
+    num_stages: int = 2
+    max_m: int = 8  # largest M (power of two) the register tile is sized for
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int = 64
+    block_n: int = 64
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def bucket_m(m: int) -> int:
+    """Round M up to a power of two, capped at MAX_BUCKET: the key of the config cache."""
+    assert m >= 1, f"M must be positive, got {m}"
+    bucket = 1
+    while bucket < m and bucket < MAX_BUCKET:
+        bucket *= 2
+    return bucket
+
+
+def gpu_file_name(gpu_name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'NVIDIA_H100_80GB_HBM3.json'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", gpu_name).strip("_") + ".json"
+
+
+def config_key(kernel: str, n: int, k: int, m: int) -> str:
+    return f"{kernel}/N={n}/K={k}/M={bucket_m(m)}"
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(gpu_name: str) -> dict[str, dict]:
+    """The tuned entries for this GPU, or an empty table when none ship for it."""
+    path = CONFIG_DIR / gpu_file_name(gpu_name)
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    assert isinstance(data.get("entries"), dict), f"{path} has no 'entries' table"
+    return data["entries"]
+
+
+def save_table(gpu_name: str, entries: dict[str, dict], meta: dict) -> Path:
+    CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+    path = CONFIG_DIR / gpu_file_name(gpu_name)
+    path.write_text(json.dumps({"gpu": gpu_name, **meta, "entries": dict(sorted(entries.items()))}, indent=1) + "\n")
+    load_table.cache_clear()
+    return path
+
+
+def _nearest_entry(table: dict[str, dict], kernel: str, n: int, k: int, m: int) -> dict | None:
+    prefix = f"{kernel}/N={n}/K={k}/M="
+    buckets = [int(key[len(prefix):]) for key in table if key.startswith(prefix)]
+    if not buckets:
+        return None
+    target = bucket_m(m)
+    best = min(buckets, key=lambda b: (abs(b.bit_length() - target.bit_length()), b))
+    return table[prefix + str(best)]
+
+
+def default_gemv(n: int, k: int, m: int, sm_count: int) -> GemvConfig:
+    """Enough programs to fill every multiprocessor a few times over, each reading whole 128-row blocks."""
+    block_n = 64 if n >= 2048 else 32
+    programs_n = -(-n // block_n)
+    blocks = -(-k // 128)
+    split_k = max(1, min(blocks, (4 * sm_count) // max(programs_n, 1)))
+    return GemvConfig(block_n=block_n, split_k=split_k, num_warps=4, num_stages=2, max_m=8)
+
+
+def default_gemm(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
+    """Tiles grow with M; split K only while the (M, N) tiles alone leave multiprocessors idle."""
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 64 else 128
+    block_n = 64 if m <= 64 else 128
+    tiles = (-(-m // block_m)) * (-(-n // block_n))
+    blocks = -(-k // 128)
+    split_k = max(1, min(blocks // 4, (2 * sm_count) // max(tiles, 1)))
+    warps = 4 if block_m * block_n <= 64 * 64 else 8
+    return GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=warps, num_stages=3)
+
+
+def gemv_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemvConfig:
+    entry = _nearest_entry(load_table(gpu_name), "gemv", n, k, m) if gpu_name else None
+    return GemvConfig(**entry) if entry else default_gemv(n, k, m, sm_count)
+
+
+def gemm_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemmConfig:
+    entry = _nearest_entry(load_table(gpu_name), "gemm", n, k, m) if gpu_name else None
+    return GemmConfig(**entry) if entry else default_gemm(n, k, m, sm_count)
+
+
+def as_entry(config: GemvConfig | GemmConfig) -> dict:
+    return asdict(config)

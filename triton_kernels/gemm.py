@@ -1,0 +1,111 @@
+"""Fused int4-dequantize GEMM on the tensor cores (`tl.dot`), split over K for mid-sized M.
+
+Each 128-row block of K is one (BLOCK_N, 16) tile of packed words, loaded as its (16, BLOCK_N)
+transpose; nibble i is the (16, BLOCK_N) slab of K rows 16*i .. 16*i+15 (see `prepare.py`). The slab is dequantised in registers,
+`(q - z) * s` in float32 (rounded once to the activation dtype, like the reference), and fed as
+the B operand of a depth-16 `tl.dot` against the matching contiguous (BLOCK_M, 16) slice of x.
+Pure `tl`: no inline assembly, so the same code runs under `TRITON_INTERPRET=1`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .splitk import split_output as _output
+from .configs import GemmConfig
+from .prepare import PACK_K, PreparedWeight
+
+
+@triton.jit
+def _dequant_slab(words, i: tl.constexpr, zf, s, dtype: tl.constexpr, dot_dtype: tl.constexpr):
+    """Nibble slab `i` of (16, BN) words -> (16, BN) weights (q - z) * s rounded to `dtype`."""
+    q = (((words >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2**23 + q
+    return ((q - zf) * s).to(dtype).to(dot_dtype)
+
+
+@triton.jit
+def _group_rows(z_ptr, s_ptr, group, offs_n, mask_n, N):
+    """(1, BN) zero point as float32 2**23 + z, and (1, BN) scale as float32."""
+    z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)
+    s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    return (z | 0x4B000000).to(tl.float32, bitcast=True), s
+
+
+@triton.jit
+def gemm_kernel(
+    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr,
+    M, N, K, stride_xm, stride_ym, blocks_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    # M tiles vary fastest, so the programs that share one weight tile run together and hit L2.
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    pid_m = pid % tiles_m
+    pid_n = pid // tiles_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]  # (BM, 1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]  # (1, BN)
+    offs_jr = tl.arange(0, 16)[:, None]  # (16, 1): slab rows (words of one column)
+    offs_jc = tl.arange(0, 16)[None, :]  # (1, 16): slab columns of x
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    dtype = x_ptr.dtype.element_ty
+    dot_dtype: tl.constexpr = tl.float32 if DOT_F32 else dtype
+    n_blocks = tl.cdiv(K, 128)
+    b_start = pid_k * blocks_per_split
+    b_end = tl.minimum(b_start + blocks_per_split, n_blocks)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for b in range(b_start, b_end):
+        words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_jr, mask=mask_n, other=0)  # (16, BN)
+        if GROUP % 128 == 0:
+            zf, s = _group_rows(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask_n, N)
+        for i in tl.static_range(8):
+            if GROUP % 128 != 0:
+                zf, s = _group_rows(z_ptr, s_ptr, (b * 128 + 16 * i) // GROUP, offs_n, mask_n, N)
+            k = b * 128 + 16 * i + offs_jc  # (1, 16)
+            a = tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m & (k < K), other=0.0).to(dot_dtype)  # (BM, 16)
+            w = _dequant_slab(words, i, zf, s, dtype, dot_dtype)  # (16, BN)
+            acc = tl.dot(a, w, acc)  # (BM, BN)
+
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc += bias * (pid_k == 0).to(tl.float32)
+    y_ptrs = y_ptr + offs_m * stride_ym + offs_n
+    if ATOMIC:
+        tl.atomic_add(y_ptrs, acc.to(dtype), mask=mask_m & mask_n)
+    else:
+        tl.store(y_ptrs, acc.to(dtype), mask=mask_m & mask_n)
+
+
+def _interpreter_bf16(x: torch.Tensor) -> bool:
+    """Triton's CPU interpreter multiplies bf16 `tl.dot` operands as raw uint16 bits: upcast there."""
+    return x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def gemm(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemmConfig) -> torch.Tensor:
+    """x (M, K) -> (M, N)."""
+    m, k = x.shape
+    n = weight.out_features
+    assert k == weight.in_features, f"x has K={k}, weight expects {weight.in_features}"
+    assert x.dtype == weight.dtype, f"x dtype {x.dtype} != weight dtype {weight.dtype}"
+    assert x.stride(1) == 1, "x must be contiguous along K"
+    n_blocks = weight.padded_in_features // PACK_K
+    split_k = max(1, min(config.split_k, n_blocks))
+    blocks_per_split = triton.cdiv(n_blocks, split_k)
+    split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
+    atomic = split_k > 1
+    y = _output(m, n, x, atomic)
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split_k)
+    gemm_kernel[grid](
+        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y,
+        m, n, k, x.stride(0), y.stride(0), blocks_per_split,
+        GROUP=weight.group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        HAS_BIAS=bias is not None, ATOMIC=atomic, DOT_F32=_interpreter_bf16(x),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return y.to(x.dtype)

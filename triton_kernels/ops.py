@@ -1,0 +1,98 @@
+"""`w4a16_linear`: the public entry, registered as the torch custom op `awqflow::w4a16_linear`.
+
+Being a custom op with a fake (meta) implementation, it traces under `torch.compile` without graph
+breaks and replays inside CUDA graphs. On CPU, or on GPUs older than `dispatch.MIN_CAPABILITY`, it
+runs the PyTorch reference: dequantise (same arithmetic as `awq_layout.dequantize_awq_gemm`), then
+matmul.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from . import configs
+from .dequant import dequant_matmul
+from .dispatch import KernelChoice, select_kernel
+from .gemm import gemm
+from .gemv import gemv
+from .prepare import PreparedWeight, dequantize_prepared
+
+
+@functools.lru_cache(maxsize=None)
+def _device_info(index: int) -> tuple[str, tuple[int, int], int]:
+    props = torch.cuda.get_device_properties(index)
+    return props.name, (props.major, props.minor), props.multi_processor_count
+
+
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """Compute capability of a CUDA device, None for anything else."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return _device_info(device.index if device.index is not None else torch.cuda.current_device())[1]
+
+
+def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, kernel: KernelChoice) -> torch.Tensor:
+    """x (M, K) -> (M, N) with the named kernel."""
+    m, n, k = x.shape[0], weight.out_features, weight.in_features
+    if kernel is KernelChoice.TORCH:
+        w = dequantize_prepared(weight)  # (K, N)
+        y = x @ w
+        return y + bias if bias is not None else y
+    if x.is_cuda:
+        name, _, sms = _device_info(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    else:
+        assert os.environ.get("TRITON_INTERPRET") == "1", f"kernel {kernel.value} on {x.device} needs TRITON_INTERPRET=1"
+        name, sms = None, 4  # Triton's CPU interpreter: default configs, a small pretend GPU
+    if kernel is KernelChoice.DEQUANT_CUBLAS:
+        return dequant_matmul(x, weight, bias)
+    if kernel is KernelChoice.GEMV:
+        return gemv(x, weight, bias, configs.gemv_config(name, n, k, m, sms))
+    assert kernel is KernelChoice.GEMM, f"unknown kernel {kernel}"
+    return gemm(x, weight, bias, configs.gemm_config(name, n, k, m, sms))
+
+
+@torch.library.custom_op("awqflow::w4a16_linear", mutates_args=())
+def _w4a16_linear_op(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    zeros: torch.Tensor,
+    scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    group_size: int,
+    in_features: int,
+    kernel: str,
+) -> torch.Tensor:
+    weight = PreparedWeight(qweight, zeros, scales, group_size, in_features, qweight.shape[1])
+    return _run(x, weight, bias, KernelChoice(kernel))
+
+
+@_w4a16_linear_op.register_fake
+def _(x, qweight, zeros, scales, bias, group_size, in_features, kernel):
+    return x.new_empty((x.shape[0], qweight.shape[1]))
+
+
+def w4a16_linear(
+    x: torch.Tensor,
+    weight: PreparedWeight,
+    bias: torch.Tensor | None = None,
+    kernel: KernelChoice | None = None,
+) -> torch.Tensor:
+    """y (..., N) = x (..., K) @ dequantised weight (K, N) [+ bias]. `kernel` None: `select_kernel` decides."""
+    assert x.shape[-1] == weight.in_features, f"x has K={x.shape[-1]}, weight expects {weight.in_features}"
+    assert x.dtype == weight.dtype, f"x dtype {x.dtype} != weight dtype {weight.dtype}"
+    assert x.device == weight.device, f"x on {x.device}, weight on {weight.device}"
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, weight.in_features)  # (M, K)
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) != weight.in_features):
+        x2 = x2.contiguous()
+    m = max(x2.shape[0], 1)
+    if kernel is None:
+        kernel = select_kernel(m, weight.out_features, weight.in_features, device_capability(x.device))
+    if x2.shape[0] == 0:
+        return x.new_empty((*lead, weight.out_features))
+    y = torch.ops.awqflow.w4a16_linear(
+        x2, weight.qweight, weight.zeros, weight.scales, bias, weight.group_size, weight.in_features, kernel.value
+    )
+    return y.reshape(*lead, weight.out_features)
