@@ -27,7 +27,7 @@ from awq_core.capture import (
     to_device,
 )
 from awq_core.clip_search import apply_clip, search_clip, sample_tokens
-from awq_core.config import QuantConfig
+from awq_core.config import QuantConfig, is_excluded
 from awq_core.fuse import apply_scales
 from awq_core.quantizer import QuantizedWeight, check_group_size, quantize
 from awq_core.registry import Architecture, active_groups, block_linears, detect_architecture, get_blocks
@@ -72,7 +72,8 @@ def relative_output_error(x: torch.Tensor, reference_w: torch.Tensor, w: torch.T
 def check_block(block: nn.Module, config: QuantConfig, prefix: str) -> None:
     """Fail before any work if a linear's in_features does not fit the group size."""
     for name, linear in block_linears(block).items():
-        check_group_size(config.group_size, linear.in_features, f"{prefix}.{name}")
+        if not is_excluded(f"{prefix}.{name}", config.modules_to_not_convert):
+            check_group_size(config.group_size, linear.in_features, f"{prefix}.{name}")
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:
@@ -130,7 +131,7 @@ def quantize_block(
 
     quantized: dict[str, QuantizedWeight] = {}
     for name, linear in linears.items():
-        if is_excluded(f"{prefix}.{name}", config):
+        if is_excluded(f"{prefix}.{name}", config.modules_to_not_convert):
             metrics.pop(name)
             continue
         t0 = time.perf_counter()
@@ -161,9 +162,12 @@ def quantize_block(
     return result, next_hidden
 
 
-def is_excluded(module_path: str, config: QuantConfig) -> bool:
-    """AutoAWQ's rule: a module stays in float if any entry of modules_to_not_convert is in its path."""
-    return any(key in module_path for key in config.modules_to_not_convert)
+def check_model(model: nn.Module, config: QuantConfig) -> Architecture:
+    """Everything that can be checked before any work: the architecture and every layer's sizes."""
+    arch = detect_architecture(model.config)
+    for index, block in enumerate(get_blocks(model, arch)):
+        check_block(block, config, prefix_of(arch, index))
+    return arch
 
 
 def prefix_of(arch: Architecture, index: int) -> str:
@@ -185,10 +189,8 @@ def iterate_blocks(
     Only the block being quantized is moved to `device`; it goes back to its original device after.
     `start_block`/`start_hidden` let a caller resume from a checkpointed block input.
     """
-    arch = detect_architecture(model.config)
+    arch = check_model(model, config)
     blocks = get_blocks(model, arch)
-    for index, block in enumerate(blocks):
-        check_block(block, config, prefix_of(arch, index))
     kwargs_per_block = capture_block_kwargs(model, arch, input_ids[:1])
     hidden = start_hidden if start_hidden is not None else capture_first_block_inputs(model, arch, input_ids, batch_size)
     for index in range(start_block, len(blocks)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +40,12 @@ def _reference_topics(parity: int) -> list[str]:
 
 
 def _module_docstrings() -> list[str]:
+    with warnings.catch_warnings():  # some modules warn when their deprecated members are touched
+        warnings.simplefilter("ignore")
+        return _collect_docstrings()
+
+
+def _collect_docstrings() -> list[str]:
     docs = []
     for module_name in DOCSTRING_MODULES:
         module = importlib.import_module(module_name)

@@ -21,6 +21,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from awq_core.config import is_excluded
 from awq_core.packing import AWQ_BITS, Version
 from awq_core.qlinear import WQLinear
 from awq_core.quantizer import QuantizedWeight
@@ -93,17 +94,12 @@ def replace_linears(model: nn.Module, quantized: dict[str, QuantizedWeight], ver
     return model
 
 
-def _is_skipped(name: str, modules_to_not_convert: tuple[str, ...]) -> bool:
-    # Substring match, as AutoAWQ and transformers do: "gate" skips every "...mlp.gate".
-    return any(key in name for key in modules_to_not_convert)
-
-
 def _convert_to_empty(model: nn.Module, settings: AwqSettings, dtype: torch.dtype) -> None:
     """Replace the linears that the checkpoint stores quantized by empty (meta) `WQLinear`s."""
     # Tools never quantize the output embedding, whether or not they list it (transformers adds it too).
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or module is output or _is_skipped(name, settings.modules_to_not_convert):
+        if not isinstance(module, nn.Linear) or module is output or is_excluded(name, settings.modules_to_not_convert):
             continue
         try:
             layer = WQLinear.empty(

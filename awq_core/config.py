@@ -32,6 +32,11 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUP_SIZES = (-1, 32, 64, 128)
 
 
+def is_excluded(module_path: str, modules_to_not_convert: tuple[str, ...] | list[str]) -> bool:
+    """Substring match, as AutoAWQ and transformers do: "gate" keeps every "...mlp.gate" in float."""
+    return any(key in module_path for key in modules_to_not_convert)
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

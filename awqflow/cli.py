@@ -87,6 +87,7 @@ def print_table(rows: list) -> None:
 def cmd_quantize(args) -> int:
     import torch
 
+    from awq_core.awq import check_model
     from awq_core.calibration import calibration_blocks
     from awq_core.compare import float_result, quantized_result
     from awq_core.evaluate import eval_tokens
@@ -97,6 +98,7 @@ def cmd_quantize(args) -> int:
         raise ValueError(f"--w-bit {config.w_bit}: the AutoAWQ checkpoint layout stores 4-bit weights; use --w-bit 4")
     print(f"loading {args.model}", flush=True)
     model, tokenizer = load_model(args.model, getattr(torch, args.dtype), args.revision, args.trust_remote_code)
+    check_model(model, config)
     calib = calibration_blocks(tokenizer, config.calibration)
     print(f"calibration: {calib.shape[0]} x {calib.shape[1]} tokens from {config.calibration.source}", flush=True)
     settings = eval_settings(args)

@@ -45,3 +45,28 @@ def tiny_model(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32):
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
+
+
+def tiny_tokenizer(vocab_size: int = 128):
+    """A byte-level BPE tokenizer trained on the builtin calibration text, small enough for tiny models."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    from awq_core.calibration import builtin_documents
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<eos>"], show_progress=False)
+    tok.train_from_iterator(builtin_documents("calibration")[:40], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+
+
+def save_tiny_model(directory, kind: str = "llama"):
+    """A tiny model directory as a hub download looks: config.json, safetensors weights, tokenizer."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(kind)
+    assert len(tokenizer) <= model.config.vocab_size
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from awqflow.cli import main
+from tiny_models import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+SMALL = ["--group-size", "32", "--n-samples", "4", "--seqlen", "32", "--n-grid", "5", "--eval-window", "64", "--eval-windows", "2"]
+
+
+def test_quantize_compare_then_eval(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_dir), "--out", str(out), "--compare", *SMALL]) == 0
+    printed = capsys.readouterr().out
+    for method in ("fp", "rtn", "awq"):
+        assert f"\n{method} " in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "awq"
+    assert config["quantization_config"]["group_size"] == 32
+    layers = [json.loads(line) for line in (out / "awqflow_layers.jsonl").read_text().splitlines()]
+    assert len(layers) == 14 and all(l["final_error"] >= 0 for l in layers)
+    assert (out / "tokenizer.json").is_file()
+    assert main(["eval", str(out), "--eval-window", "64", "--eval-windows", "2"]) == 0
+    assert "ckpt" in capsys.readouterr().out
+
+
+def test_errors_are_one_clear_line(tiny_dir, tmp_path, capsys):
+    code = main(["quantize", str(tiny_dir), "--out", str(tmp_path / "x"), "--group-size", "128", "--n-samples", "2", "--seqlen", "32"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    [line] = [l for l in err.splitlines() if "awqflow: error" in l]
+    assert "in_features=64" in line and "[32, 64, -1]" in line
+    assert main(["eval", str(tmp_path / "missing")]) == 1
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_unsupported_architecture_is_refused_before_loading_weights(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    assert main(["quantize", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "model_type='gpt2'" in err and "llama" in err
