@@ -75,5 +75,18 @@ def load_model(
     detect_architecture(config)
     tokenizer = AutoTokenizer.from_pretrained(source, **common)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **common)
+    if gguf_file:
+        forget_gguf_origin(model)
     model.eval()
     return model, tokenizer
+
+
+def forget_gguf_origin(model) -> None:
+    """transformers dequantizes GGUF weights to float but still marks the model GGUF-quantized, and
+    then refuses to save it. The weights are plain floats now: drop the marks."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config

@@ -1,6 +1,9 @@
 import json
 
 import pytest
+import torch
+
+import awqflow
 
 from awqflow.cli import main
 from tiny_models import save_tiny_model
@@ -28,6 +31,9 @@ def test_quantize_compare_then_eval(tiny_dir, tmp_path, capsys):
     assert (out / "tokenizer.json").is_file()
     assert main(["eval", str(out), "--eval-window", "64", "--eval-windows", "2"]) == 0
     assert "ckpt" in capsys.readouterr().out
+    model = awqflow.from_quantized(out, dtype=torch.float32)
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == "WQLinear"
+    assert type(model.lm_head).__name__ == "Linear"
 
 
 def test_errors_are_one_clear_line(tiny_dir, tmp_path, capsys):
