@@ -1,13 +1,24 @@
 """`WQLinear`: a linear layer whose weight is stored packed in an AutoAWQ layout (GEMM or GEMV).
 
 Its buffers are named and shaped exactly as AutoAWQ's, so `state_dict()` is the checkpoint format.
-`forward` is the torch reference (dequantize, then `F.linear`); fused kernels replace `_matmul` only.
+`forward` runs `_matmul`: on a supported CUDA GPU the fused Triton W4A16 kernels of `triton_kernels`
+(on a `PreparedWeight` repacked once, lazily, and cached), elsewhere the torch reference (dequantize,
+then `F.linear`). `kernel` (see `KernelMode`, `set_kernel`) forces one path, e.g. to compare them.
 """
 from __future__ import annotations
+
+import enum
+import os
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import triton_kernels
+from triton_kernels import KernelChoice, PreparedWeight
+from triton_kernels.dispatch import MIN_CAPABILITY
+from triton_kernels.ops import device_capability
+from triton_kernels.prepare import SLAB_K
 
 from awq_core.packing import (
     PACK_NUM,
@@ -19,6 +30,42 @@ from awq_core.packing import (
     unpack_awq,
 )
 from awq_core.quantizer import QuantizedWeight, check_group_size
+
+GEMV_MAX_ROWS = 8  # the GEMV's register tile holds at most this many rows of x (`GemvConfig.max_m`)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)  # activation dtypes the fused kernels take
+
+
+class KernelMode(str, enum.Enum):
+    """Which path `WQLinear.forward` takes."""
+
+    AUTO = "auto"  # Triton kernels (dispatched by M) on a supported CUDA GPU, the torch reference elsewhere
+    GEMV = "gemv"  # force the fused GEMV (rows beyond GEMV_MAX_ROWS go through it in chunks)
+    GEMM = "gemm"  # force the fused tensor-core GEMM
+    TORCH = "torch"  # force the torch reference: dequantize, then F.linear
+
+    @classmethod
+    def parse(cls, value: "KernelMode | str") -> "KernelMode":
+        text = value.value if isinstance(value, enum.Enum) else str(value)
+        try:
+            return cls(text.lower())
+        except ValueError:
+            raise ValueError(f"unknown kernel {value!r}: expected one of {[m.value for m in cls]}") from None
+
+
+FORCED_CHOICE = {KernelMode.GEMV: KernelChoice.GEMV, KernelMode.GEMM: KernelChoice.GEMM}
+
+
+class _PreparedKey(NamedTuple):
+    """What the cached PreparedWeight was built from: any change (device, dtype, new or edited buffer) rebuilds it."""
+
+    device: torch.device
+    dtype: torch.dtype
+    buffers: tuple[tuple[int, int], ...]  # (data_ptr, in-place version counter) of qweight, qzeros, scales
+
+
+def _version_counter(t: torch.Tensor) -> int:
+    """In-place edits (`copy_`, `load_state_dict`) bump it; inference-mode tensors cannot be edited, so have none."""
+    return -1 if t.is_inference() else t._version
 
 
 def _check_layer(in_features: int, out_features: int, w_bit: int, group_size: int, version: Version) -> int:
@@ -55,6 +102,8 @@ class WQLinear(nn.Module):
         self.register_buffer("scales", torch.zeros(shapes["scales"], dtype=dtype, device=device))
         # A buffer, like AutoAWQ's, so that every tensor of the layer loads the same way.
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        self.kernel = KernelMode.AUTO
+        self._prepared: tuple[_PreparedKey, PreparedWeight] | None = None  # not a buffer: never saved
 
     @classmethod
     def empty(
@@ -100,10 +149,71 @@ class WQLinear(nn.Module):
         w = self.quantized_weight().dequantize()  # (out, in) float32
         return w.to(dtype or self.scales.dtype)
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        # Torch reference; a fused dequantize-matmul kernel replaces this method and nothing else.
+    def set_kernel(self, kernel: KernelMode | str) -> None:
+        self.kernel = KernelMode.parse(kernel)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._prepared = None  # `.to()` / `.half()` move or cast the buffers: free the stale repack now
+        return super()._apply(fn, *args, **kwargs)
+
+    def _torch_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference: dequantize in float32, round to x's dtype, then F.linear."""
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def _kernel_shape_ok(self) -> bool:
+        """The fused kernels read 16-row slabs of K: every group must hold whole slabs."""
+        return self.group_size % SLAB_K == 0
+
+    def _triton_available(self, x: torch.Tensor) -> bool:
+        """AUTO takes the kernels only here: CUDA, a new enough GPU, fp16/bf16, a shape they tile."""
+        if not x.is_cuda or x.dtype not in KERNEL_DTYPES or not self._kernel_shape_ok():
+            return False
+        capability = device_capability(x.device)
+        return capability is not None and capability >= MIN_CAPABILITY
+
+    def prepared_weight(self, dtype: torch.dtype) -> PreparedWeight:
+        """The kernels' repacked weight (scales in `dtype`), built on first use and cached until a buffer changes."""
+        key = _PreparedKey(
+            self.qweight.device, dtype,
+            tuple((t.data_ptr(), _version_counter(t)) for t in (self.qweight, self.qzeros, self.scales)),
+        )  # fmt: skip
+        if self._prepared is not None and self._prepared[0] == key:
+            return self._prepared[1]
+        self._prepared = None  # drop the stale copy before allocating the new one
+        if self.version is Version.GEMM:
+            qweight, qzeros, scales = self.qweight, self.qzeros, self.scales
+        else:  # GEMV layout: through the integers to the GEMM layout that `prepare` reads
+            gemm = pack_awq(self.quantized_weight(), Version.GEMM)
+            qweight, qzeros = gemm["qweight"], gemm["qzeros"]
+            scales = self.scales[:, : self.in_features // self.group_size].t().contiguous()  # (in / g, out), exact
+        prepared = triton_kernels.prepare(qweight, qzeros, scales.to(dtype), self.group_size)
+        self._prepared = (key, prepared)
+        return prepared
+
+    def _triton_matmul(self, x: torch.Tensor, mode: KernelMode) -> torch.Tensor:
+        weight = self.prepared_weight(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        choice = FORCED_CHOICE.get(mode)  # None: dispatch on M
+        if choice is KernelChoice.GEMV and x.numel() // self.in_features > GEMV_MAX_ROWS:
+            rows = x.reshape(-1, self.in_features)  # (M, in)
+            parts = [triton_kernels.w4a16_linear(r, weight, bias, choice) for r in rows.split(GEMV_MAX_ROWS)]
+            return torch.cat(parts).reshape(*x.shape[:-1], self.out_features)
+        return triton_kernels.w4a16_linear(x, weight, bias, choice)
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.kernel
+        if mode is KernelMode.TORCH:
+            return self._torch_matmul(x)
+        if mode is KernelMode.AUTO:
+            return self._triton_matmul(x, mode) if self._triton_available(x) else self._torch_matmul(x)
+        # Forced GEMV / GEMM: a CUDA GPU, or Triton's CPU interpreter (the tests).
+        assert x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1", (
+            f"kernel={mode.value} on {x.device} needs a CUDA device or TRITON_INTERPRET=1; use 'auto' or 'torch'"
+        )
+        assert x.dtype in KERNEL_DTYPES, f"kernel={mode.value} takes fp16 or bf16 activations, got {x.dtype}"
+        assert self._kernel_shape_ok(), f"kernel={mode.value}: group_size={self.group_size} is not a multiple of 16"
+        return self._triton_matmul(x, mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._matmul(x)  # (..., in) -> (..., out)
@@ -113,3 +223,12 @@ class WQLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"w_bit={self.w_bit}, group_size={self.group_size}, version={self.version.value}"
         )
+
+
+def set_kernel(model: nn.Module, kernel: KernelMode | str) -> int:
+    """Set the path of every `WQLinear` in `model`; returns how many layers were set."""
+    mode = KernelMode.parse(kernel)
+    layers = [m for m in model.modules() if isinstance(m, WQLinear)]
+    for layer in layers:
+        layer.set_kernel(mode)
+    return len(layers)

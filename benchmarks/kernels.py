@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py                 # check, then benchmark -> benchmarks/results/kernels_<gpu>.json
     python benchmarks/kernels.py --autotune      # check, then tune -> triton_kernels/configs/<gpu>.json
+    python benchmarks/kernels.py --autotune --kinds gemv --ms 1,2,4   # retune a part; keeps the other entries
     python benchmarks/kernels.py --check-only
 
 Timing: every variant runs over a ring of distinct layers whose weights total more than 4x the L2
@@ -49,6 +50,7 @@ def check_correctness() -> list[dict]:
     cases = [(1024, 768, 128), (1024, 768, 64), (1024, 768, 32), (1152, 520, -1), (4224, 1032, 128)]
     kernels = {
         "gemv": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=4, max_m=8)),
+        "gemv_fold_zero": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=4, max_m=8, fold_zero=True)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
@@ -62,7 +64,7 @@ def check_correctness() -> list[dict]:
                 bias = torch.randn((n,), device="cuda").to(dtype) if m == 17 else None
                 ref = reference_matmul(x, layer, bias)
                 for name, fn in kernels.items():
-                    if name == "gemv" and m > 8:
+                    if name.startswith("gemv") and m > 8:
                         continue
                     y = fn(x, w, bias)
                     err = relative_error(y, ref)
@@ -176,14 +178,16 @@ def gemlite_ring(n: int, k: int, count: int) -> list | None:
 def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
     blocks = -(-k // 128)
     out = []
-    for block_n in (32, 64, 128):
-        for warps in (2, 4):
+    for block_n in (32, 64, 128, 256):
+        for warps in (2, 4, 8):
             if block_n * 16 * configs.bucket_m(m) // (32 * warps) > 64:  # accumulator registers per thread
                 continue
             for split in (1, 2, 4, 8, 16, 32):
                 programs = -(-n // block_n) * split
                 if split <= blocks and 132 <= programs <= 132 * 12:
-                    out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8))
+                    for fold in (True, False):
+                        out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2,
+                                              max_m=8, fold_zero=fold))
     return out
 
 
@@ -200,18 +204,21 @@ def gemm_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
     return out
 
 
-def autotune(out_path: Path | None) -> None:
+def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple) -> None:
+    """Tune `kinds` at `ms` on `shapes`; entries tuned before for other (kernel, shape, M) are kept."""
     name = torch.cuda.get_device_name(0)
-    entries: dict[str, dict] = {}
+    entries: dict[str, dict] = dict(configs.load_table(name))
     log = []
-    for shape, (n, k) in SHAPES.items():
+    meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "group_size": GROUP,
+            "note": "written by benchmarks/kernels.py --autotune; fp16 activations, ring-of-layers CUDA-graph timing"}
+    for shape, (n, k) in shapes.items():
         w0 = random_prepared(n, k)
         ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
-        for m in MS:
+        for m in ms:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
             for kind, cands, fn in (
-                ("gemv", gemv_candidates(m, n, k) if m <= 8 else [], gemv),
-                ("gemm", gemm_candidates(m, n, k) if m >= 2 else [], gemm),
+                ("gemv", gemv_candidates(m, n, k) if m <= 8 and "gemv" in kinds else [], gemv),
+                ("gemm", gemm_candidates(m, n, k) if m >= 2 and "gemm" in kinds else [], gemm),
             ):
                 best = None
                 for cfg in cands:
@@ -228,9 +235,11 @@ def autotune(out_path: Path | None) -> None:
                     print(f"{shape:12s} M={m:5d} {kind}: {best[0]:8.1f} us {best[1]}", flush=True)
         del ring, w0
         torch.cuda.empty_cache()
-    meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "group_size": GROUP,
-            "note": "written by benchmarks/kernels.py --autotune; fp16 activations, ring-of-layers CUDA-graph timing"}
-    path = configs.save_table(name, entries, meta)
+        path = configs.save_table(name, entries, meta)  # after every shape: a run cut short keeps its work
+        if out_path:
+            out_path.mkdir(parents=True, exist_ok=True)
+            (out_path / path.name).write_text(path.read_text())
+            (out_path / "autotune_log.json").write_text(json.dumps(log, indent=1))
     print("wrote", path)
     if out_path:
         out_path.mkdir(parents=True, exist_ok=True)
@@ -299,6 +308,7 @@ def main() -> None:
     parser.add_argument("--check-only", action="store_true")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--ms", default=",".join(map(str, MS)))
+    parser.add_argument("--kinds", default="gemv,gemm", help="kernels --autotune tunes (others keep their entries)")
     parser.add_argument("--out", type=Path, default=None, help="also copy result files here")
     parser.add_argument("--tag", default="", help="suffix of the result file name: kernels_<gpu>[_<tag>].json")
     args = parser.parse_args()
@@ -307,10 +317,10 @@ def main() -> None:
     check = check_correctness()
     if args.check_only:
         return
-    if args.autotune:
-        autotune(args.out)
-        return
     shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
+    if args.autotune:
+        autotune(args.out, tuple(args.kinds.split(",")), shapes, tuple(int(m) for m in args.ms.split(",")))
+        return
     tag = configs.gpu_file_name(torch.cuda.get_device_name(0))[: -len(".json")] + (f"_{args.tag}" if args.tag else "")
     path = Path(__file__).resolve().parent / "results" / f"kernels_{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,10 @@ tile is the slab of rows 16*i .. 16*i+15, turned into float32 with the 2**23 mag
 (`(q | 0x4B000000)` read as a float is 2**23 + q) so no integer-to-float conversion is issued,
 and mostly without shifts (see `_slab_minus_zero`): about 3 instructions per weight.
 Products are accumulated element-wise in a (BLOCK_M, BLOCK_N, 16) register tile and reduced once
-at the end; when a group spans whole 128-row blocks the scale is applied once per block.
+at the end. With `fold_zero` (groups of 16..128 rows dividing 128, or multiples of 128) the zero
+point leaves the inner loop: sum(x * (q - z)) = sum(x * q) - z * sum(x), the second term once per
+group and column, so the loop is AND-OR, FADD, FFMA per weight and holds no zero-point registers;
+the scale is applied once per group.
 Split-K partial sums are combined with atomic adds into a zero-initialised output.
 """
 from __future__ import annotations
@@ -36,6 +39,27 @@ def _slab_minus_zero(words, high, z, i: tl.constexpr):
 
 
 @triton.jit
+def _slab_q(words, high, i: tl.constexpr):
+    """Nibble `i` of the words as exact float32 q * 16**shift(i) (see `_slab_minus_zero`): AND-OR, FADD."""
+    src = words if i < 5 else high
+    shift: tl.constexpr = 4 * i if i < 5 else 4 * (i - 5)
+    return ((src & (0xF << shift)) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # minus 2**23
+
+
+@triton.jit
+def _slab_scale(i: tl.constexpr):
+    """16**-shift(i): undoes the in-place nibble position of `_slab_q` (exact)."""
+    shift: tl.constexpr = 4 * i if i < 5 else 4 * (i - 5)
+    return 1.0 / (1 << shift)
+
+
+@triton.jit
+def _x_raw(x_ptr, offs_m, mask_m, stride_xm, k, K):
+    """(BM, 1, 16) activations of K rows k as float32."""
+    return tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m & (k < K), other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _x_slab(x_ptr, offs_m, mask_m, stride_xm, k, K, i: tl.constexpr):
     """(BM, 1, 16) activations of K rows k, float32, pre-multiplied by 16**-shift(i)."""
     shift: tl.constexpr = 4 * i if i < 5 else 4 * (i - 5)
@@ -56,7 +80,7 @@ def gemv_kernel(
     x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr,
     M, N, K, stride_xm, stride_ym, blocks_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, FOLD_ZERO: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -73,7 +97,21 @@ def gemv_kernel(
     for b in range(b_start, b_end):
         words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j, mask=mask_n, other=0)  # (1, BN, 16)
         high = words >> 20  # nibbles 5..7 in bits 0..11
-        if GROUP % 128 == 0:
+        if FOLD_ZERO and (GROUP % 128 == 0 or 128 % GROUP == 0):
+            # Zero point folded out: sum x * q per group, then subtract z * sum(x) once per group.
+            SLABS: tl.constexpr = 8 if GROUP % 128 == 0 else GROUP // 16  # slabs per group in a block
+            part = tl.zeros((BLOCK_M, BLOCK_N, 16), dtype=tl.float32)
+            xs = tl.zeros((BLOCK_M, 1, 16), dtype=tl.float32)
+            for i in tl.static_range(8):
+                xv = _x_raw(x_ptr, offs_m, mask_m, stride_xm, b * 128 + 16 * i + offs_j, K)  # (BM, 1, 16)
+                xs += xv
+                part += (xv * _slab_scale(i)) * _slab_q(words, high, i)  # (BM, BN, 16)
+                if i % SLABS == SLABS - 1:
+                    z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * i) // GROUP, offs_n, mask_n, N)
+                    acc += (part - z.to(tl.float32) * xs) * s
+                    part = tl.zeros((BLOCK_M, BLOCK_N, 16), dtype=tl.float32)
+                    xs = tl.zeros((BLOCK_M, 1, 16), dtype=tl.float32)
+        elif GROUP % 128 == 0:
             # The whole block is one group: subtract the zero per element, scale once per block.
             z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask_n, N)
             part = tl.zeros((BLOCK_M, BLOCK_N, 16), dtype=tl.float32)
@@ -121,7 +159,7 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
         x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y,
         m, n, k, x.stride(0), y.stride(0), blocks_per_split,
         GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n,
-        HAS_BIAS=bias is not None, ATOMIC=atomic,
+        HAS_BIAS=bias is not None, ATOMIC=atomic, FOLD_ZERO=config.fold_zero,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return y.to(x.dtype)

@@ -78,3 +78,59 @@ def test_from_linear_checks_shapes():
     linear = nn.Linear(64, 32)
     with pytest.raises(AssertionError, match="does not match"):
         WQLinear.from_linear(linear, quantize(torch.randn(32, 128), 4, 64), "gemm")
+
+
+# ---- the Triton path (Triton's CPU interpreter here; tests/conftest.py sets TRITON_INTERPRET=1) -----
+
+
+from awq_core.qlinear import KernelMode, set_kernel  # noqa: E402
+
+needs_interpreter = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter test; the GPU runs benchmarks/")
+
+
+def _tiny_layer(version, bias=True, in_features=256, out_features=32, group_size=64, seed=0):
+    torch.manual_seed(seed)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    return WQLinear.from_linear(linear, quantize(linear.weight, 4, group_size), version)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("version", list(Version))
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+@pytest.mark.parametrize("rows", [1, 11])  # 11 > GEMV_MAX_ROWS: the forced GEMV goes in chunks
+def test_forced_triton_kernel_matches_torch_path(version, kernel, rows):
+    layer = _tiny_layer(version)
+    x = torch.randn(1, rows, 256).half()  # (batch, seq, in)
+    layer.set_kernel("torch")
+    ref = layer(x)
+    layer.set_kernel(kernel)
+    y = layer(x)
+    assert y.shape == ref.shape == (1, rows, 32) and y.dtype == torch.float16
+    err = float((y.double() - ref.double()).norm() / ref.double().norm())
+    assert err < 2e-3, f"{kernel} vs torch: relative error {err:.2e}"
+
+
+@needs_interpreter
+def test_prepared_weight_is_cached_and_rebuilt_when_a_buffer_changes():
+    layer = _tiny_layer("gemm")
+    first = layer.prepared_weight(torch.float16)
+    assert layer.prepared_weight(torch.float16) is first
+    assert layer.prepared_weight(torch.bfloat16) is not first  # another dtype: another repack
+    other = _tiny_layer("gemm", seed=1)
+    layer.load_state_dict(other.state_dict())  # in place: same storage, new contents
+    rebuilt = layer.prepared_weight(torch.float16)
+    assert rebuilt is not first
+    assert torch.equal(rebuilt.qweight, other.prepared_weight(torch.float16).qweight)
+    layer.to(torch.device("cpu"))  # _apply drops the cache
+    assert layer._prepared is None
+
+
+def test_auto_on_cpu_is_the_torch_reference_and_set_kernel_reaches_every_layer():
+    model = nn.Sequential(_tiny_layer("gemm"), nn.ReLU(), _tiny_layer("gemv", in_features=32, group_size=32))
+    x = torch.randn(3, 256)
+    y_auto = model(x)
+    assert set_kernel(model, "TORCH") == 2
+    assert all(m.kernel is KernelMode.TORCH for m in model if isinstance(m, WQLinear))
+    torch.testing.assert_close(model(x), y_auto, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        set_kernel(model, "marlin")
