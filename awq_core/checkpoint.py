@@ -201,10 +201,17 @@ def save_quantized(
     quantization_config: dict,
     tokenizer=None,
     max_shard_size: int | str = "2GB",
+    dtype: torch.dtype | None = torch.float16,
 ) -> Path:
-    """Write safetensors shards, config.json with `quantization_config`, and the tokenizer if given."""
+    """Write safetensors shards, config.json with `quantization_config`, and the tokenizer if given.
+
+    The float tensors (embeddings, norms, unquantized layers) are stored as `dtype`, fp16 as in AutoAWQ
+    checkpoints: the model is cast in place (None keeps its dtype).
+    """
     settings = parse_quantization_config(quantization_config, source="quantization_config argument")
     _check_layers_match(model, settings)
+    if dtype is not None:
+        model.to(dtype)  # int32 qweight/qzeros buffers are not floating point and stay as they are
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-save-", dir=out))  # same filesystem: renames are atomic

@@ -134,7 +134,7 @@ def test_save_load_gives_the_fake_quantized_logits(tmp_path):
     with torch.no_grad():
         fake = model(input_ids=ids).logits
     replace_linears(model, result.quantized, config.version)
-    save_quantized(model, tmp_path / "ckpt", config.hf_quantization_config())
+    save_quantized(model, tmp_path / "ckpt", config.hf_quantization_config(), dtype=None)  # exact floats
     loaded = load_quantized(tmp_path / "ckpt", dtype=torch.float32)
     with torch.no_grad():
         logits = loaded(input_ids=ids).logits

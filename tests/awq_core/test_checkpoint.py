@@ -90,7 +90,7 @@ def test_save_load_same_logits(tmp_path, input_ids, version, max_shard_size):
     expected = logits(reference, input_ids)
     torch.testing.assert_close(logits(model, input_ids), expected, rtol=1e-5, atol=1e-5)
 
-    save_quantized(model, tmp_path, quant_config(version), max_shard_size=max_shard_size)
+    save_quantized(model, tmp_path, quant_config(version), max_shard_size=max_shard_size, dtype=None)
     sharded = max_shard_size == "20KB"
     assert (tmp_path / "model.safetensors.index.json").is_file() == sharded
     assert not list(tmp_path.glob(".tmp-save-*")), "staging directory left behind"
@@ -105,6 +105,17 @@ def test_save_load_same_logits(tmp_path, input_ids, version, max_shard_size):
     half = load_quantized(tmp_path)  # default fp16
     assert half.model.embed_tokens.weight.dtype == torch.float16
     torch.testing.assert_close(logits(half, input_ids), expected, rtol=0.02, atol=0.02)
+
+
+def test_float_tensors_are_saved_as_fp16_by_default(tmp_path):
+    model, _ = build_quantized("gemm")
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+    save_quantized(model, tmp_path, quant_config())
+    tensors, _ = read_all(tmp_path / "model.safetensors")
+    assert tensors["model.embed_tokens.weight"].dtype == torch.float16
+    assert tensors["model.norm.weight"].dtype == torch.float16
+    assert tensors["model.layers.0.mlp.up_proj.qweight"].dtype == torch.int32
+    assert tensors["model.layers.0.mlp.up_proj.scales"].dtype == torch.float16
 
 
 def test_saved_files(tmp_path):
