@@ -1,6 +1,7 @@
 """Calibration and evaluation text, tokenized into fixed-length blocks.
 
 Sources:
+- `auto` (the default): AutoAWQ's pile-val when the hub is reachable, else `builtin`;
 - `builtin:<split>` (or plain `builtin`, the calibration split): English text that ships with Python
   itself, so a fresh machine with no hub access can calibrate and evaluate. Splits are disjoint:
   `calibration` and `heldout-reference` are alternating topics of the language reference
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+import os
 import random
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -21,6 +25,10 @@ import torch
 
 from awq_core.config import CalibrationConfig
 
+logger = logging.getLogger(__name__)
+
+PILE_VAL = "mit-han-lab/pile-val-backup"  # AutoAWQ's default calibration set
+HUB_PROBE_SECONDS = 3.0  # how long `auto` waits for the hub before using the builtin text
 BUILTIN_SPLITS = ("calibration", "heldout-reference", "heldout-docstrings")
 # Well-documented standard-library modules whose docstrings are the second held-out text.
 DOCSTRING_MODULES = (
@@ -74,8 +82,30 @@ def _text_file_documents(path: Path) -> list[str]:
     return [doc.strip() for doc in text.split("\n\n\n") if doc.strip()] or [text]
 
 
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(f"{endpoint}/api/datasets/{PILE_VAL}", timeout=timeout).close()
+        return True
+    except Exception:  # no route, DNS failure, timeout, HTTP error: all mean "use the offline text"
+        return False
+
+
+def resolve_source(source: str) -> str:
+    """`auto` -> pile-val if the hub answers, else the builtin text; anything else as given."""
+    if source != "auto":
+        return source
+    if hub_reachable():
+        return PILE_VAL
+    logger.warning("calibration: the hub is not reachable; using the builtin text shipped with Python")
+    return "builtin"
+
+
 def load_documents(source: str, split: str = "validation", text_column: str = "text") -> list[str]:
     """Documents of a text source (see the module docstring)."""
+    source = resolve_source(source)
     if source == "builtin" or source.startswith("builtin:"):
         return builtin_documents(source.partition(":")[2] or "calibration")
     path = Path(source)

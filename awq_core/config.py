@@ -42,9 +42,9 @@ class _Frozen(BaseModel):
 
 
 class CalibrationConfig(_Frozen):
-    # "builtin" is offline text shipped with Python itself; otherwise a hub dataset name
-    # (e.g. "mit-han-lab/pile-val-backup", AutoAWQ's default) or a local .txt / .jsonl path.
-    source: str = "builtin"
+    # "auto": AutoAWQ's pile-val when the hub is reachable, else "builtin" (offline text shipped with
+    # Python itself); or a hub dataset name, or a local .txt / .jsonl path.
+    source: str = "auto"
     split: str = "validation"
     text_column: str = "text"
     n_samples: int = Field(128, ge=1, le=4096)

@@ -32,7 +32,7 @@ RESULTS = Path(__file__).parent / "results" / "quality.json"
 
 def run_model(name: str, group_size: int, args) -> list[dict]:
     model, tokenizer = load_model(name, dtype=torch.float32)
-    calibration = CalibrationConfig(n_samples=args.n_samples, seqlen=args.seqlen)
+    calibration = CalibrationConfig(source="builtin", n_samples=args.n_samples, seqlen=args.seqlen)  # reproducible
     config = QuantConfig(group_size=group_size, calibration=calibration)
     calib = calibration_blocks(tokenizer, calibration)
     settings = EvalSettings(DEFAULT_EVAL_TEXTS, args.eval_window, args.eval_windows)

@@ -55,3 +55,15 @@ def test_missing_file_and_too_short_text(tmp_path):
 def test_fewer_tokens_than_asked_gives_fewer_samples():
     stream = token_stream(CharTokenizer(), ["x" * 300], seed=None)
     assert split_blocks(stream, 100, 64).shape == (4, 64)
+
+
+def test_auto_source_uses_pile_val_only_when_the_hub_answers(monkeypatch):
+    from awq_core import calibration
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert calibration.resolve_source("auto") == "builtin"
+    assert not calibration.hub_reachable()
+    monkeypatch.setattr(calibration, "hub_reachable", lambda: True)
+    assert calibration.resolve_source("auto") == calibration.PILE_VAL == "mit-han-lab/pile-val-backup"
+    assert calibration.resolve_source("data.jsonl") == "data.jsonl"
+    assert CalibrationConfig().source == "auto"
