@@ -26,7 +26,7 @@ from awq_core.capture import (
     run_block,
     to_device,
 )
-from awq_core.clip_search import apply_clip, search_clip, sample_tokens
+from awq_core.clip_search import ClipResult, apply_clip, sample_tokens, search_clip
 from awq_core.config import QuantConfig, is_excluded
 from awq_core.fuse import apply_scales
 from awq_core.quantizer import QuantizedWeight, check_group_size, quantize
@@ -84,6 +84,164 @@ def check_finite(x: torch.Tensor, where: str) -> None:
         )
 
 
+@dataclass
+class BlockCapture:
+    """What one float block sees and computes on the calibration inputs."""
+
+    output: torch.Tensor | None  # (n, seqlen, hidden) the float block's output; None when not needed
+    feats: dict[str, torch.Tensor]  # each linear's input (n, seqlen, in) by its path inside the block
+    calls: dict[str, ModuleCall]  # how the block calls each group's inspect module
+
+
+@dataclass
+class GroupScales:
+    prev_op: str
+    linears: tuple[str, ...]
+    scales: torch.Tensor  # (in_features,) float32
+    ratio: float | None
+    loss: float
+    rtn_loss: float
+
+
+@torch.no_grad()
+def capture_block(
+    block: nn.Module, hidden: torch.Tensor, block_kwargs: dict, arch: Architecture, batch_size: int, where: str
+) -> BlockCapture:
+    """Stage 1: run the float block on its input, recording every linear's input and the inspect calls."""
+    check_finite(hidden, f"the input of {where}")
+    inspect = [g.inspect for g in active_groups(block, arch)]
+    output, feats, calls = capture_block_features(block, hidden, block_kwargs, inspect, batch_size)
+    return BlockCapture(output, feats, calls)
+
+
+@torch.no_grad()
+def search_block_scales(block: nn.Module, capture: BlockCapture, arch: Architecture, config: QuantConfig) -> list[GroupScales]:
+    """Stage 2: search each scaling group's scales in order, fusing each into the block as it goes
+    (later groups are searched on the already scaled block). Empty when the config searches no scales."""
+    if not config.searches_scales:
+        return []
+    linears = block_linears(block)
+    found = []
+    for group in active_groups(block, arch):
+        x = capture.feats[group.linears[0]]
+        inspect = capture.calls[group.inspect]
+        result = search_scales(
+            [linears[n] for n in group.linears], x, inspect, inspect(x),
+            w_bit=config.w_bit, group_size=config.group_size, zero_point=config.zero_point,
+            n_grid=config.n_grid, duo_scaling=config.duo_scaling,
+        )  # fmt: skip
+        apply_scales(block, group, result.scales, arch)
+        found.append(GroupScales(group.prev_op, group.linears, result.scales, result.ratio, result.loss, result.rtn_loss))
+    return found
+
+
+def apply_block_scales(block: nn.Module, scales: list[GroupScales], arch: Architecture) -> None:
+    """Fuse searched scales into a float block, in the order they were searched."""
+    groups = {(g.prev_op, g.linears): g for g in arch.groups}
+    for s in scales:
+        apply_scales(block, groups[(s.prev_op, s.linears)], s.scales, arch)
+
+
+def linear_scales(block: nn.Module, scales: list[GroupScales]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per linear: the scale its inputs were multiplied by, and the one its outputs were divided by."""
+    linears = block_linears(block)
+    input_scale = {name: torch.ones(l.in_features, device=l.weight.device) for name, l in linears.items()}
+    # A linear that is a group's prev_op (v_proj, up_proj) has its outputs divided by that group's scales.
+    output_scale = {name: torch.ones(l.out_features, device=l.weight.device) for name, l in linears.items()}
+    for s in scales:
+        if s.prev_op in output_scale:
+            output_scale[s.prev_op] = output_scale[s.prev_op] * s.scales.to(output_scale[s.prev_op])
+        for n in s.linears:
+            input_scale[n] = s.scales.to(input_scale[n])
+    return input_scale, output_scale
+
+
+def quantized_linears(block: nn.Module, prefix: str, config: QuantConfig) -> dict[str, nn.Linear]:
+    return {n: l for n, l in block_linears(block).items() if not is_excluded(f"{prefix}.{n}", config.modules_to_not_convert)}
+
+
+@torch.no_grad()
+def search_block_clips(
+    block: nn.Module, capture: BlockCapture, scales: list[GroupScales], prefix: str, config: QuantConfig
+) -> dict[str, ClipResult]:
+    """Stage 3: clip ratios of every quantized linear of a block whose scales are already fused.
+    Leaves the weights untouched; empty when the config searches no clips."""
+    if not config.searches_clip:
+        return {}
+    input_scale, _ = linear_scales(block, scales)
+    clips = {}
+    for name, linear in quantized_linears(block, prefix, config).items():
+        if any(name.endswith(s) for s in config.clip.skip):
+            continue
+        x_scaled = capture.feats[name] / input_scale[name].to(capture.feats[name].dtype)  # what the linear now sees
+        clips[name] = search_clip(
+            linear.weight, x_scaled,
+            w_bit=config.w_bit, group_size=config.group_size, zero_point=config.zero_point,
+            max_shrink=config.clip.max_shrink, n_grid=config.clip.n_grid, n_sample_tokens=config.clip.n_sample_tokens,
+        )  # fmt: skip
+    return clips
+
+
+@torch.no_grad()
+def quantize_scaled_block(
+    block: nn.Module,
+    capture: BlockCapture,
+    scales: list[GroupScales],
+    clips: dict[str, ClipResult],
+    originals: dict[str, torch.Tensor],
+    index: int,
+    prefix: str,
+    config: QuantConfig,
+) -> BlockResult:
+    """Stage 4: clip and quantize every linear of a scaled block in place (weights end up fake-quantized),
+    recording each linear's output error against its `originals` (the float weights before scaling)."""
+    input_scale, output_scale = linear_scales(block, scales)
+    ratios = {n: s for s in scales for n in s.linears}
+    quantized: dict[str, QuantizedWeight] = {}
+    metrics = []
+    for name, linear in quantized_linears(block, prefix, config).items():
+        t0 = time.perf_counter()
+        m = LinearMetrics(f"{prefix}.{name}", index, 0.0, 0.0)
+        if name in ratios:
+            m.scale_ratio, m.scale_loss, m.scale_rtn_loss = ratios[name].ratio, ratios[name].loss, ratios[name].rtn_loss
+        if name in clips:
+            apply_clip(linear.weight, clips[name].max_val)
+            m.clip_ratio_mean = float(clips[name].ratios.mean())
+        qw = quantize(linear.weight, config.w_bit, config.group_size, config.zero_point)
+        linear.weight.copy_(qw.dequantize().to(linear.weight.dtype))
+        quantized[f"{prefix}.{name}"] = qw
+        feats = capture.feats[name]
+        rtn = quantize(originals[name], config.w_bit, config.group_size, config.zero_point).dequantize()
+        m.rtn_error = relative_output_error(feats, originals[name], rtn)
+        # Compare against the reference the scaled linear must reproduce: original outputs / output scale.
+        reference = originals[name] / output_scale[name].view(-1, 1).to(originals[name])
+        m.final_error = relative_output_error(feats, reference, linear.weight, feats / input_scale[name].to(feats.dtype))
+        m.seconds = time.perf_counter() - t0
+        metrics.append(m)
+    return BlockResult(index, quantized, metrics)
+
+
+def linear_weights(block: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: l.weight.detach().clone() for name, l in block_linears(block).items()}
+
+
+@torch.no_grad()
+def fuse_and_quantize_block(
+    block: nn.Module,
+    capture: BlockCapture,
+    scales: list[GroupScales],
+    clips: dict[str, ClipResult],
+    arch: Architecture,
+    index: int,
+    prefix: str,
+    config: QuantConfig,
+) -> BlockResult:
+    """Stage 4 from a float block: fuse the searched scales into it, then clip and quantize."""
+    originals = linear_weights(block)
+    apply_block_scales(block, scales, arch)
+    return quantize_scaled_block(block, capture, scales, clips, originals, index, prefix, config)
+
+
 @torch.no_grad()
 def quantize_block(
     block: nn.Module,
@@ -101,64 +259,14 @@ def quantize_block(
     block's float output (the input of the next block).
     """
     start = time.perf_counter()
-    check_finite(hidden, f"the input of {prefix}")
-    groups = active_groups(block, arch)
-    fp_out, feats, calls = capture_block_features(block, hidden, block_kwargs, [g.inspect for g in groups], batch_size)
-    linears = block_linears(block)
-    originals = {name: l.weight.detach().clone() for name, l in linears.items()}
-    metrics = {name: LinearMetrics(f"{prefix}.{name}", index, 0.0, 0.0) for name in linears}
-    input_scale = {name: torch.ones(l.in_features, device=l.weight.device) for name, l in linears.items()}
-    # A linear that is a group's prev_op (v_proj, up_proj) has its outputs divided by that group's scales.
-    output_scale = {name: torch.ones(l.out_features, device=l.weight.device) for name, l in linears.items()}
-
-    if config.searches_scales:
-        for group in groups:
-            group_linears = [linears[n] for n in group.linears]
-            x = feats[group.linears[0]]
-            reference = calls[group.inspect](x)
-            result = search_scales(
-                group_linears, x, calls[group.inspect], reference,
-                w_bit=config.w_bit, group_size=config.group_size, zero_point=config.zero_point,
-                n_grid=config.n_grid, duo_scaling=config.duo_scaling,
-            )
-            apply_scales(block, group, result.scales, arch)
-            if group.prev_op in output_scale:
-                output_scale[group.prev_op] = output_scale[group.prev_op] * result.scales.to(output_scale[group.prev_op])
-            for n in group.linears:
-                input_scale[n] = result.scales.to(input_scale[n])
-                m = metrics[n]
-                m.scale_ratio, m.scale_loss, m.scale_rtn_loss = result.ratio, result.loss, result.rtn_loss
-
-    quantized: dict[str, QuantizedWeight] = {}
-    for name, linear in linears.items():
-        if is_excluded(f"{prefix}.{name}", config.modules_to_not_convert):
-            metrics.pop(name)
-            continue
-        t0 = time.perf_counter()
-        x_scaled = feats[name] / input_scale[name].to(feats[name].dtype)  # what the linear now sees
-        skip_clip = any(name.endswith(s) for s in config.clip.skip)
-        if config.searches_clip and not skip_clip:
-            clip = search_clip(
-                linear.weight, x_scaled,
-                w_bit=config.w_bit, group_size=config.group_size, zero_point=config.zero_point,
-                max_shrink=config.clip.max_shrink, n_grid=config.clip.n_grid,
-                n_sample_tokens=config.clip.n_sample_tokens,
-            )
-            apply_clip(linear.weight, clip.max_val)
-            metrics[name].clip_ratio_mean = float(clip.ratios.mean())
-        qw = quantize(linear.weight, config.w_bit, config.group_size, config.zero_point)
-        linear.weight.copy_(qw.dequantize().to(linear.weight.dtype))
-        quantized[f"{prefix}.{name}"] = qw
-        rtn = quantize(originals[name], config.w_bit, config.group_size, config.zero_point).dequantize()
-        metrics[name].rtn_error = relative_output_error(feats[name], originals[name], rtn)
-        # Compare against the reference the scaled linear must reproduce: original outputs / output scale.
-        reference = originals[name] / output_scale[name].view(-1, 1).to(originals[name])
-        metrics[name].final_error = relative_output_error(feats[name], reference, linear.weight, x_scaled)
-        metrics[name].seconds = time.perf_counter() - t0
-
-    next_hidden = run_block(block, hidden, block_kwargs, batch_size) if config.sequential_quantized_inputs else fp_out
+    capture = capture_block(block, hidden, block_kwargs, arch, batch_size, prefix)
+    originals = linear_weights(block)
+    scales = search_block_scales(block, capture, arch, config)
+    clips = search_block_clips(block, capture, scales, prefix, config)
+    result = quantize_scaled_block(block, capture, scales, clips, originals, index, prefix, config)
+    next_hidden = run_block(block, hidden, block_kwargs, batch_size) if config.sequential_quantized_inputs else capture.output
     check_finite(next_hidden, f"the output of {prefix}")
-    result = BlockResult(index, quantized, list(metrics.values()), time.perf_counter() - start)
+    result.seconds = time.perf_counter() - start
     return result, next_hidden
 
 

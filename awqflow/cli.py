@@ -1,11 +1,14 @@
-"""The `awqflow` command: quantize a model, evaluate a checkpoint.
+"""The `awqflow` command: quantize a model (a resumable Prefect flow), evaluate a checkpoint, resume
+and list runs.
 
-Errors print one line (what went wrong and what to change); `--debug` shows the traceback.
+Errors print one line (what went wrong and what to change); `--debug` shows the traceback and
+Prefect's logs. Without `PREFECT_API_URL` the flow runs on a temporary local Prefect server.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -42,14 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", type=Path, help="a QuantConfig JSON file (overrides the flags above)")
     q.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype the model is loaded and quantized in")
     q.add_argument("--device", default="cpu", help="where each block is quantized (cpu, cuda, cuda:1)")
+    q.add_argument("--batch-size", type=int, default=8, help="calibration samples per forward pass")
     q.add_argument("--revision", help="hub revision")
     q.add_argument("--trust-remote-code", action="store_true")
     q.add_argument("--compare", action="store_true", help="also score the float model and RTN on held-out text")
+    q.add_argument("--run-dir", type=Path, help="run directory: checkpoints and records (default runs/<model>-<config digest>)")
+    q.add_argument("--cache-dir", type=Path, help="where task results are cached (default: .cache next to the run directory)")
     add_eval_flags(q)
 
     e = commands.add_parser("eval", help="perplexity of a quantized checkpoint on held-out text")
     e.add_argument("checkpoint", type=Path)
     add_eval_flags(e)
+
+    r = commands.add_parser("resume", help="finish an interrupted run (recomputes only what is missing)")
+    r.add_argument("run_dir", type=Path)
+
+    ls = commands.add_parser("runs", help="list run directories and their state")
+    ls.add_argument("--root", type=Path, default=Path("runs"), help="directory holding the run directories")
     return parser
 
 
@@ -84,47 +96,81 @@ def print_table(rows: list) -> None:
         print(f"{r.method:<8}{bits:>5}{group:>7}{r.quant_seconds:>9.1f}{r.size_bytes / 1e6:>9.1f}{ppl}")
 
 
-def cmd_quantize(args) -> int:
+def run_settings(args, config: QuantConfig):
+    from flows.records import RunSettings
+
+    settings = eval_settings(args)
+    return RunSettings(
+        model=args.model, out=str(args.out), config=config, revision=args.revision, dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code, device=args.device, batch_size=args.batch_size, eval_texts=list(settings.texts),
+        eval_window=settings.window, eval_windows=settings.max_windows,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None,
+    )  # fmt: skip
+
+
+def report_row(report: dict):
+    from awq_core.compare import MethodResult
+
+    return MethodResult(report["method"], report["w_bit"], report["group_size"], report["seconds"], report["perplexity"], report["size_bytes"], report["out"])
+
+
+def float_row(settings):
+    """The float model's perplexity on the same texts (for --compare)."""
     import torch
 
-    from awq_core.awq import check_model
-    from awq_core.calibration import calibration_blocks
-    from awq_core.compare import float_result, quantized_result
+    from awq_core.compare import float_result
     from awq_core.evaluate import eval_tokens
     from awq_core.models import load_model
+
+    model, tokenizer = load_model(settings.model, getattr(torch, settings.dtype), settings.revision, settings.trust_remote_code)
+    evals = EvalSettings(tuple(settings.eval_texts), settings.eval_window, settings.eval_windows)
+    return float_result(model, eval_tokens(tokenizer, evals.texts), evals)
+
+
+def cmd_quantize(args) -> int:
+    from flows.quantize import run_quantize
+    from flows.records import default_run_dir
 
     config = quant_config(args)
     if config.w_bit != 4:
         raise ValueError(f"--w-bit {config.w_bit}: the AutoAWQ checkpoint layout stores 4-bit weights; use --w-bit 4")
-    print(f"loading {args.model}", flush=True)
-    model, tokenizer = load_model(args.model, getattr(torch, args.dtype), args.revision, args.trust_remote_code)
-    check_model(model, config)
-    calib = calibration_blocks(tokenizer, config.calibration)
-    print(f"calibration: {calib.shape[0]} x {calib.shape[1]} tokens from {config.calibration.source}", flush=True)
-    settings = eval_settings(args)
-    tokens = eval_tokens(tokenizer, settings.texts)
-
-    def progress(block) -> None:
-        print(f"  block {block.index:>3}  {block.seconds:6.1f} s", flush=True)
-
+    settings = run_settings(args, config)
+    run_dir = args.run_dir or default_run_dir(settings)
+    print(f"quantizing {args.model} with {config.method.value.upper()}: run {run_dir}", flush=True)
     rows = []
     if args.compare:
         print("scoring the float model", flush=True)
-        rows.append(float_result(model, tokens, settings))
+        rows.append(float_row(settings))
         if config.method is Method.AWQ:
             print("quantizing with RTN (baseline)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                rtn = config.model_copy(update={"method": Method.RTN})
-                rows.append(quantized_result(model, tokenizer, rtn, calib, tokens, settings, Path(tmp), args.device))
-    print(f"quantizing with {config.method.value.upper()}", flush=True)
-    result = quantized_result(model, tokenizer, config, calib, tokens, settings, args.out, args.device, progress)
-    rows.append(result)
-    (args.out / "awqflow_config.json").write_text(config.to_json())
-    with open(args.out / "awqflow_layers.jsonl", "w") as f:
-        for row in result.layer_metrics:
-            f.write(json.dumps(row) + "\n")
+                rtn = settings.model_copy(update={"config": config.model_copy(update={"method": Method.RTN}), "out": tmp})
+                rows.append(report_row(run_quantize(rtn, Path(run_dir).with_name(Path(run_dir).name + "-rtn"))))
+    rows.append(report_row(run_quantize(settings, run_dir)))
     print_table(rows)
     print(f"saved {args.out}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from flows.quantize import run_quantize
+    from flows.records import read_settings
+
+    settings = read_settings(args.run_dir)
+    print(f"resuming {args.run_dir}: {settings.model} -> {settings.out}", flush=True)
+    print_table([report_row(run_quantize(settings, args.run_dir))])
+    print(f"saved {settings.out}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from flows.records import list_runs
+
+    runs = list_runs(args.root)
+    if not runs:
+        print(f"no runs under {args.root}")
+    for run_dir, state in runs:
+        print(f"{state:<16}{run_dir}")
     return 0
 
 
@@ -145,10 +191,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def quiet_prefect() -> None:
+    """Prefect logs failures with full tracebacks; without --debug the one-line error says it all."""
+    import prefect  # noqa: F401  (configures its loggers)
+
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("prefect")] + ["prefect"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"quantize": cmd_quantize, "eval": cmd_eval}[args.command]
+    handler = {"quantize": cmd_quantize, "eval": cmd_eval, "resume": cmd_resume, "runs": cmd_runs}[args.command]
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a first start migrates its database
     try:
+        if not args.debug and args.command in ("quantize", "resume"):
+            quiet_prefect()
         return handler(args)
     except KeyboardInterrupt:
         print("awqflow: interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,14 @@ import awqflow
 
 from awqflow.cli import main
 from tiny_models import save_tiny_model
+
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default run directories go under ./runs
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +60,20 @@ def test_unsupported_architecture_is_refused_before_loading_weights(tmp_path, ca
     assert main(["quantize", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "model_type='gpt2'" in err and "llama" in err
+
+
+def test_quantize_again_resumes_and_runs_lists_it(tiny_dir, tmp_path, capsys):
+    args = ["quantize", str(tiny_dir), "--out", str(tmp_path / "q"), *SMALL]
+    assert main(args) == 0
+    [run_dir] = [d for d in (tmp_path / "runs").iterdir() if not d.name.startswith(".")]
+    assert run_dir.name.startswith("model-")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["stages"]["capture"]["computed"] == 2
+    assert main(args) == 0
+    assert json.loads((run_dir / "report.json").read_text())["stages"]["capture"]["computed"] == 0
+    capsys.readouterr()
+    assert main(["runs"]) == 0
+    assert capsys.readouterr().out.split() == ["complete", str(Path("runs") / run_dir.name)]
+    assert main(["resume", str(run_dir)]) == 0
+    assert main(["resume", str(tmp_path / "nowhere")]) == 1
+    assert "not an awqflow run directory" in capsys.readouterr().err

@@ -1,0 +1,44 @@
+"""Progress of a run: one bar per per-block stage, each advancing as blocks finish (cached or computed)."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from tqdm.auto import tqdm
+
+BLOCK_STAGES = ("capture", "scales", "clip", "fuse")
+
+
+class Progress:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bars: dict[str, tqdm] = {}
+        self.cached: Counter = Counter()
+        self.computed: Counter = Counter()
+        self.seconds: Counter = Counter()
+
+    def blocks(self, total: int) -> None:
+        for position, stage in enumerate(BLOCK_STAGES):
+            self.bars[stage] = tqdm(total=total, desc=f"{stage:>8}", unit="block", position=position, disable=not self.enabled, leave=True)
+
+    def done(self, stage: str, cached: bool, seconds: float) -> None:
+        (self.cached if cached else self.computed)[stage] += 1
+        self.seconds[stage] += seconds
+        if stage in self.bars:
+            self.bars[stage].update(1)
+            self.bars[stage].set_postfix(cached=self.cached[stage], refresh=False)
+        elif self.enabled:
+            tqdm.write(f"{stage:>8}: {'cached' if cached else f'{seconds:.1f} s'}")
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+    def summary(self) -> dict:
+        stages = sorted(set(self.cached) | set(self.computed))
+        return {s: {"cached": self.cached[s], "computed": self.computed[s], "seconds": round(self.seconds[s], 3)} for s in stages}
+
+
+def timed():
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
