@@ -62,7 +62,7 @@ def text_digest(text: str) -> str:
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> Checkpoint:
     """Write a safetensors file atomically (temp file, then rename) and return its checkpoint record."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per writer: two runs may share a file
     # One metadata entry: safetensors writes several in no fixed order, which would change the digest.
     meta = {METADATA_KEY: json.dumps(metadata or {}, sort_keys=True)}
     save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp), metadata=meta)
