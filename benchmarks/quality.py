@@ -71,18 +71,24 @@ def main() -> int:
     for name in args.models.split(","):
         rows.extend(run_model(name, MODELS[name], args))
         print_table(rows)
+        write_report(args, rows, time.perf_counter() - start)  # after each model: a long run keeps what it measured
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write_report(args, rows: list[dict], seconds: float) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
         "calibration": {"source": "builtin", "n_samples": args.n_samples, "seqlen": args.seqlen},
         "eval": {"texts": list(DEFAULT_EVAL_TEXTS), "window": args.eval_window, "max_windows": args.eval_windows},
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "rows": rows,
     }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.out)
 
 
 if __name__ == "__main__":
