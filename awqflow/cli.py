@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--version", choices=[v.value for v in Version], default=Version.GEMM.value)
     q.add_argument("--n-grid", type=int, default=20, help="points of the scale-ratio grid")
     q.add_argument("--no-clip", action="store_true", help="skip the clip search")
-    q.add_argument("--calib", default="builtin", help="calibration text: builtin, a .txt/.jsonl file, or a hub dataset")
+    q.add_argument("--calib", default="auto", help="calibration text: auto (pile-val if the hub answers, else builtin), builtin, a .txt/.jsonl file, or a hub dataset")
     q.add_argument("--n-samples", type=int, default=128)
     q.add_argument("--seqlen", type=int, default=512)
     q.add_argument("--seed", type=int, default=0)
