@@ -1,0 +1,1 @@
+"""Quantization algorithms and model handling in plain torch (no Prefect)."""
