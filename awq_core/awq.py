@@ -7,7 +7,8 @@
         quantize every linear (RTN on the transformed weights), record errors
         next block's input: the float block's output (or the quantized block's, if configured)
 
-RTN is the same loop with both searches off.
+RTN is the same loop with both searches off. GPTQ replaces the per-block step (awq_core/gptq_block.py)
+and always feeds the next block the quantized block's output.
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ class LinearMetrics:
     scale_rtn_loss: float | None = None  # the same loss with identity scales
     clip_ratio_mean: float | None = None
     seconds: float = 0.0
+    damp: float | None = None  # GPTQ: the dampening fraction its Cholesky factorization needed
+    gptq_loss: float | None = None  # GPTQ: its objective, sum of (w - q)^2 / [H^-1]_jj / 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -297,6 +300,8 @@ def iterate_blocks(
     Only the block being quantized is moved to `device`; it goes back to its original device after.
     `start_block`/`start_hidden` let a caller resume from a checkpointed block input.
     """
+    from awq_core.gptq_block import quantize_block_gptq  # it builds on this module's block types
+
     arch = check_model(model, config)
     blocks = get_blocks(model, arch)
     kwargs_per_block = capture_block_kwargs(model, arch, input_ids[:1])
@@ -305,10 +310,11 @@ def iterate_blocks(
         block = blocks[index]
         home = next(block.parameters()).device
         block.to(device)
-        result, hidden = quantize_block(
-            block, index, prefix_of(arch, index), hidden.to(device), to_device(kwargs_per_block[index], device),
-            arch, config, batch_size,
-        )
+        prefix, kwargs = prefix_of(arch, index), to_device(kwargs_per_block[index], device)
+        if config.is_gptq:
+            result, hidden = quantize_block_gptq(block, index, prefix, hidden.to(device), kwargs, config, batch_size)
+        else:
+            result, hidden = quantize_block(block, index, prefix, hidden.to(device), kwargs, arch, config, batch_size)
         block.to(home)
         yield result
 

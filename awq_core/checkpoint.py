@@ -1,4 +1,5 @@
-"""Save and load AutoAWQ-format checkpoints: safetensors shards + config.json's `quantization_config`.
+"""Save and load AutoAWQ- and GPTQ-format checkpoints: safetensors shards + config.json's
+`quantization_config` (+ AutoGPTQ's quantize_config.json for GPTQ).
 
 Loading accepts what AutoAWQ and other tools write, not only what `save_quantized` writes:
 old key names (`w_bit`, `q_group_size`), upper-case versions, `modules_to_not_convert: null`,
@@ -22,6 +23,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from awq_core.config import is_excluded
+from awq_core.gptq_linear import GPTQLinear
+from awq_core.gptq_packing import GPTQ_BITS
 from awq_core.packing import AWQ_BITS, Version
 from awq_core.qlinear import WQLinear
 from awq_core.quantizer import QuantizedWeight
@@ -29,6 +32,7 @@ from awq_core.quantizer import QuantizedWeight
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+GPTQ_CONFIG_FILE = "quantize_config.json"  # AutoGPTQ reads its settings from here
 
 
 class CheckpointError(ValueError):
@@ -46,21 +50,34 @@ class AwqSettings:
     modules_to_not_convert: tuple[str, ...]
 
 
-def parse_quantization_config(raw: dict | None, source: str = CONFIG_FILE) -> AwqSettings:
+@dataclass(frozen=True)
+class GptqSettings:
+    """A GPTQ checkpoint's `quantization_config` (or quantize_config.json)."""
+
+    bits: int
+    group_size: int
+    desc_act: bool
+    sym: bool
+    modules_to_not_convert: tuple[str, ...]
+
+
+def parse_quantization_config(raw: dict | None, source: str = CONFIG_FILE) -> AwqSettings | GptqSettings:
     if not isinstance(raw, dict):
         raise CheckpointError(
             f"{source}: no `quantization_config` block; this is not a quantized checkpoint "
             f"(load it with transformers, or quantize it first)"
         )
     method = str(raw.get("quant_method", "")).lower()
+    if method == "gptq":
+        return parse_gptq_config(raw, source)
     if method != "awq":
-        raise CheckpointError(f"{source}: quant_method={raw.get('quant_method')!r} is not supported; only 'awq' is")
+        raise CheckpointError(
+            f"{source}: quant_method={raw.get('quant_method')!r} is not supported; 'awq' and 'gptq' are"
+        )
     bits = raw.get("bits", raw.get("w_bit"))
     if bits != AWQ_BITS:
         raise CheckpointError(f"{source}: bits={bits!r}; the AutoAWQ GEMM/GEMV layouts store 4-bit weights only")
-    group_size = raw.get("group_size", raw.get("q_group_size"))
-    if not isinstance(group_size, int) or not (group_size == -1 or group_size > 0):
-        raise CheckpointError(f"{source}: group_size={group_size!r} must be a positive integer or -1")
+    group_size = _group_size_of(raw, source)
     try:
         version = Version.parse(raw.get("version", "gemm"))
     except ValueError as e:
@@ -74,6 +91,34 @@ def parse_quantization_config(raw: dict | None, source: str = CONFIG_FILE) -> Aw
     )
 
 
+def _group_size_of(raw: dict, source: str) -> int:
+    group_size = raw.get("group_size", raw.get("q_group_size"))
+    if not isinstance(group_size, int) or not (group_size == -1 or group_size > 0):
+        raise CheckpointError(f"{source}: group_size={group_size!r} must be a positive integer or -1")
+    return group_size
+
+
+def parse_gptq_config(raw: dict, source: str) -> GptqSettings:
+    bits = raw.get("bits")
+    if bits not in GPTQ_BITS:
+        raise CheckpointError(f"{source}: bits={bits!r}; the GPTQ layout stores {GPTQ_BITS}-bit weights")
+    fmt = str(raw.get("checkpoint_format", "gptq")).lower()
+    if fmt != "gptq":
+        raise CheckpointError(
+            f"{source}: checkpoint_format={fmt!r} is not supported; only 'gptq' (zeros stored minus one) is: "
+            "convert the checkpoint to the gptq format"
+        )
+    if raw.get("lm_head"):
+        raise CheckpointError(f"{source}: lm_head=true (a quantized output layer) is not supported")
+    return GptqSettings(
+        bits=bits,
+        group_size=_group_size_of(raw, source),
+        desc_act=bool(raw.get("desc_act", False)),
+        sym=bool(raw.get("sym", True)),
+        modules_to_not_convert=tuple(raw.get("modules_to_not_convert") or ()),
+    )
+
+
 # ---- module surgery ------------------------------------------------------------------------------
 
 
@@ -82,19 +127,36 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, module)
 
 
+GPTQ_LAYOUT = "gptq"  # `replace_linears(..., layout=GPTQ_LAYOUT)`: GPTQLinear instead of an AWQ version
+
+
 def replace_linears(model: nn.Module, quantized: dict[str, QuantizedWeight], version: Version | str) -> nn.Module:
-    """Swap each `nn.Linear` named in `quantized` for a packed `WQLinear`, in place."""
+    """Swap each `nn.Linear` named in `quantized` for a packed layer, in place: a `WQLinear` of the AWQ
+    `version` (gemm / gemv), or a `GPTQLinear` for `version="gptq"`."""
+    gptq = str(getattr(version, "value", version)).lower() == GPTQ_LAYOUT
     for name, qw in quantized.items():
         try:
             linear = model.get_submodule(name)
         except AttributeError:
             raise KeyError(f"quantized weight for {name!r}, but the model has no module of that name") from None
         assert isinstance(linear, nn.Linear), f"{name} is a {type(linear).__name__}, not an nn.Linear"
-        _set_submodule(model, name, WQLinear.from_linear(linear, qw, version))
+        layer = GPTQLinear.from_linear(linear, qw) if gptq else WQLinear.from_linear(linear, qw, version)
+        _set_submodule(model, name, layer)
     return model
 
 
-def _convert_to_empty(model: nn.Module, settings: AwqSettings, dtype: torch.dtype) -> None:
+def _empty_layer(module: nn.Linear, settings: AwqSettings | GptqSettings, dtype: torch.dtype) -> nn.Module:
+    if isinstance(settings, GptqSettings):
+        return GPTQLinear.empty(
+            module.in_features, module.out_features, module.bias is not None, settings.bits, settings.group_size, dtype
+        )
+    return WQLinear.empty(
+        module.in_features, module.out_features, module.bias is not None,
+        settings.bits, settings.group_size, settings.version, dtype,
+    )  # fmt: skip
+
+
+def _convert_to_empty(model: nn.Module, settings: AwqSettings | GptqSettings, dtype: torch.dtype) -> None:
     """Replace the linears that the checkpoint stores quantized by empty (meta) `WQLinear`s."""
     # Tools never quantize the output embedding, whether or not they list it (transformers adds it too).
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -102,10 +164,7 @@ def _convert_to_empty(model: nn.Module, settings: AwqSettings, dtype: torch.dtyp
         if not isinstance(module, nn.Linear) or module is output or is_excluded(name, settings.modules_to_not_convert):
             continue
         try:
-            layer = WQLinear.empty(
-                module.in_features, module.out_features, module.bias is not None,
-                settings.bits, settings.group_size, settings.version, dtype,
-            )  # fmt: skip
+            layer = _empty_layer(module, settings, dtype)
         except ValueError as e:
             raise CheckpointError(
                 f"layer {name}: {e}; if the checkpoint stores it unquantized, list it in modules_to_not_convert"
@@ -158,11 +217,25 @@ def _retie(model: nn.Module, groups: list[list[str]], loaded: set[str]) -> None:
 # ---- save ----------------------------------------------------------------------------------------
 
 
-def _check_layers_match(model: nn.Module, settings: AwqSettings) -> None:
+def _check_layers_match(model: nn.Module, settings: AwqSettings | GptqSettings) -> None:
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WQLinear)]
     if not layers:
         raise CheckpointError("the model has no WQLinear layers: call replace_linears before save_quantized")
+    gptq = isinstance(settings, GptqSettings)
     for name, layer in layers:
+        if gptq != isinstance(layer, GPTQLinear):
+            raise CheckpointError(
+                f"layer {name} is a {type(layer).__name__} but quantization_config says quant_method="
+                f"{'gptq' if gptq else 'awq'}: replace_linears with the matching layout"
+            )
+        if gptq:
+            group_size = layer.in_features if settings.group_size == -1 else settings.group_size
+            if (layer.w_bit, layer.group_size) != (settings.bits, group_size):
+                raise CheckpointError(
+                    f"layer {name} has w_bit={layer.w_bit}, group_size={layer.group_size} but quantization_config "
+                    f"says bits={settings.bits}, group_size={settings.group_size}: loaders would misread it"
+                )
+            continue
         group_size = layer.in_features if settings.group_size == -1 else settings.group_size
         expected = (settings.bits, group_size, settings.version)
         if (layer.w_bit, layer.group_size, layer.version) != expected:
@@ -222,6 +295,8 @@ def save_quantized(
         config = json.loads(config_path.read_text())
         config["quantization_config"] = dict(quantization_config)
         _write_json_atomic(config_path, config)
+        if isinstance(settings, GptqSettings):
+            _write_json_atomic(staging / GPTQ_CONFIG_FILE, dict(quantization_config))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         _publish(staging, out)
@@ -330,19 +405,32 @@ def _conform(
         ):
             raise CheckpointError(
                 f"{sources[key]}: tensor {key} has dtype {tensor.dtype}, expected {want.dtype}; "
-                f"packed AWQ tensors (qweight, qzeros) are int32 and the others floating point"
+                f"packed tensors (qweight, qzeros, g_idx) are int32 and the others floating point"
             )
         out[key] = tensor.to(want.dtype)
     return out
 
 
+def _quantization_config_of(model_dir: Path, raw_config: dict) -> tuple[dict | None, str]:
+    """config.json's `quantization_config`; for older GPTQ checkpoints, quantize_config.json beside it."""
+    if "quantization_config" in raw_config or not (model_dir / GPTQ_CONFIG_FILE).is_file():
+        return raw_config.get("quantization_config"), str(model_dir / CONFIG_FILE)
+    path = model_dir / GPTQ_CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); restore the file") from None
+    return {"quant_method": "gptq", **raw} if isinstance(raw, dict) else raw, str(path)
+
+
 def load_quantized(
     model_dir: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16
 ) -> nn.Module:
-    """Build the model from config.json, swap in `WQLinear`s, and fill everything from safetensors."""
+    """Build the model from config.json, swap in `WQLinear`s (AWQ) or `GPTQLinear`s (GPTQ), and fill
+    everything from safetensors."""
     model_dir = Path(model_dir)
     raw_config = _read_config(model_dir)
-    settings = parse_quantization_config(raw_config.get("quantization_config"), source=str(model_dir / CONFIG_FILE))
+    settings = parse_quantization_config(*_quantization_config_of(model_dir, raw_config))
     try:
         config = AutoConfig.from_pretrained(model_dir)
     except (ValueError, KeyError, OSError) as e:

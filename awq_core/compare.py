@@ -14,14 +14,14 @@ import torch
 import torch.nn as nn
 
 from awq_core.awq import BlockResult, quantize_model
-from awq_core.checkpoint import replace_linears, save_quantized
+from awq_core.checkpoint import GPTQ_LAYOUT, replace_linears, save_quantized
 from awq_core.config import QuantConfig
 from awq_core.evaluate import EvalSettings, evaluate
 
 
 @dataclass
 class MethodResult:
-    method: str  # "fp", "rtn" or "awq"
+    method: str  # "fp", "rtn", "awq" or "gptq"
     w_bit: int | None
     group_size: int | None
     quant_seconds: float
@@ -57,19 +57,23 @@ def quantized_result(
     calib_ids: torch.Tensor,
     eval_tokens: dict[str, torch.Tensor],
     settings: EvalSettings,
-    out_dir: Path,
+    out_dir: Path | None,
     device: str = "cpu",
     progress: Callable[[BlockResult], None] | None = None,
 ) -> MethodResult:
-    """Quantize a copy of `model` with `config`, score it, and save the checkpoint to `out_dir`."""
+    """Quantize a copy of `model` with `config`, score it, and save the checkpoint to `out_dir` (None: do
+    not save, e.g. RTN at a width only the GPTQ layout stores; the size is then 0)."""
     work = copy.deepcopy(model)
     start = time.perf_counter()
     result = quantize_model(work, calib_ids, config, device=device, progress=progress)
     seconds = time.perf_counter() - start
     ppl = evaluate(work, eval_tokens, settings)
-    replace_linears(work, result.quantized, config.version)
-    save_quantized(work, out_dir, config.hf_quantization_config(), tokenizer=tokenizer)
+    size = 0
+    if out_dir is not None:
+        replace_linears(work, result.quantized, GPTQ_LAYOUT if config.is_gptq else config.version)
+        save_quantized(work, out_dir, config.hf_quantization_config(), tokenizer=tokenizer)
+        size = weights_size_on_disk(out_dir)
     return MethodResult(
-        config.method.value, config.w_bit, config.group_size, seconds, ppl, weights_size_on_disk(out_dir), str(out_dir),
+        config.method.value, config.w_bit, config.group_size, seconds, ppl, size, None if out_dir is None else str(out_dir),
         [m.to_dict() for m in result.metrics],
     )  # fmt: skip

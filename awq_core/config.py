@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 class Method(str, Enum):
     AWQ = "awq"  # scale search + clip search
     RTN = "rtn"  # round to nearest: the same path with both searches off; the baseline
+    GPTQ = "gptq"  # Hessian-based column-by-column rounding with error feedback; GPTQ checkpoint format
 
 
 class Version(str, Enum):
@@ -60,6 +61,18 @@ class ClipConfig(_Frozen):
     skip: tuple[str, ...] = ("q_proj", "k_proj", "query", "key", "Wqkv")  # attention scores absorb q/k error
 
 
+class GPTQConfig(_Frozen):
+    """Settings only GPTQ reads (names as in AutoGPTQ's quantize_config.json)."""
+
+    # Dampening: this fraction of the Hessian's mean diagonal is added to its diagonal. Raised (doubled)
+    # and retried when the Cholesky factorization fails; the value used is recorded per layer.
+    damp_percent: float = Field(0.01, gt=0.0, lt=1.0)
+    desc_act: bool = False  # act-order: quantize columns by decreasing Hessian diagonal (stores g_idx)
+    static_groups: bool = False  # with desc_act: group ranges from the weights before any update
+    block_size: int = Field(128, ge=1, le=4096)  # columns per lazy batch update
+    true_sequential: bool = True  # inside a block: attention inputs, then o_proj, then gate/up, then down
+
+
 class QuantConfig(_Frozen):
     method: Method = Method.AWQ
     w_bit: Literal[2, 3, 4, 8] = 4
@@ -69,9 +82,11 @@ class QuantConfig(_Frozen):
     n_grid: int = Field(20, ge=1, le=200)  # points of the scale-ratio grid r in [0, 1)
     duo_scaling: bool = True  # s = x^r / w^(1-r) (True) or s = x^r (False)
     clip: ClipConfig = ClipConfig()
+    gptq: GPTQConfig = GPTQConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     modules_to_not_convert: tuple[str, ...] = ("lm_head",)
     # False: the next block sees the unquantized block's output (AutoAWQ); True: the quantized one's.
+    # GPTQ always feeds the next block the quantized block's output.
     sequential_quantized_inputs: bool = False
 
     @field_validator("w_bit", "group_size", mode="before")
@@ -88,11 +103,23 @@ class QuantConfig(_Frozen):
     def searches_clip(self) -> bool:
         return self.method is Method.AWQ and self.clip.enabled
 
+    @property
+    def is_gptq(self) -> bool:
+        return self.method is Method.GPTQ
+
+    @property
+    def feeds_quantized_outputs(self) -> bool:
+        """Whether block i+1 is calibrated on quantized block i's output."""
+        return self.is_gptq or self.sequential_quantized_inputs
+
     def hf_quantization_config(self) -> dict:
         """The `quantization_config` block of config.json that transformers and vLLM read."""
+        if self.is_gptq:
+            return self.gptq_quantize_config()
         if self.w_bit != 4:
             raise ValueError(
-                f"w_bit={self.w_bit}: the AutoAWQ checkpoint layout stores 4-bit weights only; use w_bit=4"
+                f"w_bit={self.w_bit}: the AutoAWQ checkpoint layout stores 4-bit weights only; "
+                "use w_bit=4, or method=gptq for 2, 3 and 8 bits"
             )
         return {
             "quant_method": "awq",
@@ -100,6 +127,22 @@ class QuantConfig(_Frozen):
             "group_size": self.group_size,
             "zero_point": self.zero_point,
             "version": self.version.value,
+            "modules_to_not_convert": list(self.modules_to_not_convert),
+        }
+
+    def gptq_quantize_config(self) -> dict:
+        """GPTQ's settings as transformers (GPTQConfig), vLLM and AutoGPTQ (quantize_config.json) read them."""
+        return {
+            "quant_method": "gptq",
+            "bits": self.w_bit,
+            "group_size": self.group_size,
+            "desc_act": self.gptq.desc_act,
+            "sym": not self.zero_point,
+            "damp_percent": self.gptq.damp_percent,
+            "static_groups": self.gptq.static_groups,
+            "true_sequential": self.gptq.true_sequential,
+            "checkpoint_format": "gptq",  # v1: qzeros store zero - 1
+            "lm_head": False,
             "modules_to_not_convert": list(self.modules_to_not_convert),
         }
 

@@ -4,7 +4,9 @@ Conventions used across the project:
 - a linear's weight is `(out_features, in_features)`; groups run along `in_features`;
 - `q` holds unsigned integers in `[0, 2**w_bit - 1]`;
 - dequantization is always `(q - zeros) * scales`, so the symmetric case (no zero point) is stored
-  with a constant zero of `2**(w_bit - 1)`, which keeps one layout for both.
+  with a constant zero of `2**(w_bit - 1)`, which keeps one layout for both;
+- input column `j` belongs to group `j // group_size`, unless `g_idx` says otherwise (GPTQ act-order
+  quantizes columns in another order and records each column's group in `g_idx`).
 """
 from __future__ import annotations
 
@@ -23,9 +25,18 @@ class QuantizedWeight:
     zeros: torch.Tensor  # (out, in // group) int32
     w_bit: int
     group_size: int  # resolved: never -1
+    g_idx: torch.Tensor | None = None  # (in,) int32 group of each input column; None: column // group_size
 
     def dequantize(self) -> torch.Tensor:
-        return dequantize(self.q, self.scales, self.zeros, self.group_size)
+        if self.g_idx is None:
+            return dequantize(self.q, self.scales, self.zeros, self.group_size)
+        return dequantize_by_index(self.q, self.scales, self.zeros, self.g_idx)
+
+    def column_groups(self) -> torch.Tensor:
+        """(in,) the group of every input column."""
+        if self.g_idx is not None:
+            return self.g_idx
+        return torch.arange(self.q.shape[1], device=self.q.device, dtype=torch.int32) // self.group_size
 
 
 def resolve_group_size(group_size: int, in_features: int) -> int:
@@ -45,7 +56,7 @@ def check_group_size(group_size: int, in_features: int, layer: str = "layer") ->
     return g
 
 
-def _group_range(w: torch.Tensor, w_bit: int, zero_point: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def group_range(w: torch.Tensor, w_bit: int, zero_point: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row scale and zero for `w` of shape (rows, group)."""
     if zero_point:
         max_int = 2**w_bit - 1
@@ -67,7 +78,7 @@ def quantize(w: torch.Tensor, w_bit: int, group_size: int, zero_point: bool = Tr
     g = check_group_size(group_size, in_features)
     wg = w.detach().float().reshape(-1, g)  # (out * in / g, g)
     assert torch.isfinite(wg).all(), "weight has NaN or Inf values: quantization needs finite weights"
-    scales, zeros = _group_range(wg, w_bit, zero_point)
+    scales, zeros = group_range(wg, w_bit, zero_point)
     # Checkpoints store fp16 scales: round them first so the integers match what gets saved, and the
     # in-memory fake-quantized model computes exactly what a loaded checkpoint computes.
     scales = scales.to(SCALE_DTYPE).float()
@@ -87,6 +98,12 @@ def dequantize(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group
     qg = q.reshape(out_features, -1, group_size).float()  # (out, groups, g)
     w = (qg - zeros.unsqueeze(-1).float()) * scales.unsqueeze(-1).float()
     return w.reshape(out_features, in_features)
+
+
+def dequantize_by_index(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor) -> torch.Tensor:
+    """`(q - zeros[:, g_idx]) * scales[:, g_idx]`: column j uses the scale and zero of group g_idx[j]."""
+    g = g_idx.long()
+    return (q.float() - zeros[:, g].float()) * scales[:, g].float()  # (out, in)
 
 
 def fake_quantize(w: torch.Tensor, w_bit: int, group_size: int, zero_point: bool = True) -> torch.Tensor:

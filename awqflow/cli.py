@@ -13,7 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from awq_core.config import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, CalibrationConfig, ClipConfig, Method, QuantConfig, Version
+from awq_core.config import (
+    SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, CalibrationConfig, ClipConfig, GPTQConfig, Method, QuantConfig, Version,
+)  # fmt: skip
 from awq_core.evaluate import DEFAULT_EVAL_TEXTS, EvalSettings
 from awq_core.models import DEFAULT_MODEL, EMBEDDED_MODELS
 
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    q = commands.add_parser("quantize", help="quantize a causal LM and save an AutoAWQ checkpoint")
+    q = commands.add_parser("quantize", help="quantize a causal LM and save an AutoAWQ (or GPTQ) checkpoint")
     q.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"hub id, local directory, .gguf file, or an embedded model: {', '.join(EMBEDDED_MODELS)}")
     q.add_argument("--out", required=True, type=Path, help="directory for the quantized checkpoint")
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--n-samples", type=int, default=128)
     q.add_argument("--seqlen", type=int, default=512)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--damp-percent", type=float, default=0.01, help="GPTQ: dampening, a fraction of the Hessian's mean diagonal")
+    q.add_argument("--desc-act", action="store_true", help="GPTQ: act-order (columns by decreasing Hessian diagonal)")
+    q.add_argument("--static-groups", action="store_true", help="GPTQ: group ranges fixed before any update")
     q.add_argument("--quantized-inputs", action="store_true",
                    help="feed each block the quantized previous block's output (default: the float one)")
     q.add_argument("--config", type=Path, help="a QuantConfig JSON file (overrides the flags above)")
@@ -83,6 +88,7 @@ def quant_config(args) -> QuantConfig:
         version=args.version, n_grid=args.n_grid, clip=ClipConfig(enabled=not args.no_clip),
         calibration=CalibrationConfig(source=args.calib, n_samples=args.n_samples, seqlen=args.seqlen, seed=args.seed),
         sequential_quantized_inputs=args.quantized_inputs,
+        gptq=GPTQConfig(damp_percent=args.damp_percent, desc_act=args.desc_act, static_groups=args.static_groups),
     )  # fmt: skip
 
 
@@ -132,8 +138,7 @@ def cmd_quantize(args) -> int:
     from flows.records import default_run_dir
 
     config = quant_config(args)
-    if config.w_bit != 4:
-        raise ValueError(f"--w-bit {config.w_bit}: the AutoAWQ checkpoint layout stores 4-bit weights; use --w-bit 4")
+    config.hf_quantization_config()  # fails now, not after quantizing, when the layout cannot store the bits
     settings = run_settings(args, config)
     run_dir = args.run_dir or default_run_dir(settings)
     print(f"quantizing {args.model} with {config.method.value.upper()}: run {run_dir}", flush=True)
@@ -141,7 +146,7 @@ def cmd_quantize(args) -> int:
     if args.compare:
         print("scoring the float model", flush=True)
         rows.append(float_row(settings))
-        if config.method is Method.AWQ:
+        if config.method is not Method.RTN and config.w_bit == 4:  # RTN is saved in the AWQ layout: 4-bit only
             print("quantizing with RTN (baseline)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 rtn = settings.model_copy(update={"config": config.model_copy(update={"method": Method.RTN}), "out": tmp})

@@ -7,6 +7,7 @@ from collections import Counter
 from tqdm.auto import tqdm
 
 BLOCK_STAGES = ("capture", "scales", "clip", "fuse")
+GPTQ_BLOCK_STAGES = ("gptq",)
 
 
 class Progress:
@@ -17,8 +18,8 @@ class Progress:
         self.computed: Counter = Counter()
         self.seconds: Counter = Counter()
 
-    def blocks(self, total: int) -> None:
-        for position, stage in enumerate(BLOCK_STAGES):
+    def blocks(self, total: int, stages: tuple[str, ...] = BLOCK_STAGES) -> None:
+        for position, stage in enumerate(stages):
             self.bars[stage] = tqdm(total=total, desc=f"{stage:>8}", unit="block", position=position, disable=not self.enabled, leave=True)
 
     def done(self, stage: str, cached: bool, seconds: float) -> None:

@@ -1,6 +1,7 @@
 """The quantization pipeline as one Prefect flow of cached tasks:
 
-    load -> per block [capture -> scales -> clip -> fuse] -> pack -> validate
+    AWQ / RTN:  load -> per block [capture -> scales -> clip -> fuse] -> pack -> validate
+    GPTQ:       load -> per block [gptq (Hessians, GPTQ, quantized output)] -> pack -> validate
 
 Every task writes its tensors under the run directory and returns paths and digests; its cache key
 is what determines its output (see tasks/checkpoints.py), so re-running the same command resumes:
@@ -20,12 +21,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from awq_core.checkpoint import _publish  # atomic per-file moves, config.json last
-from flows.progress import Progress, timed
+from flows.progress import BLOCK_STAGES, GPTQ_BLOCK_STAGES, Progress, timed
 from flows.records import LAYERS_FILE, RunRecords, RunSettings, cache_dir_of, default_run_dir
 from tasks.capture import capture
 from tasks.checkpoints import StageOutput
 from tasks.clip import clip
 from tasks.fuse import fuse
+from tasks.gptq import gptq
 from tasks.load import load
 from tasks.model_ref import model_ref
 from tasks.pack import pack
@@ -84,6 +86,17 @@ def publish_artifacts(layers: list[dict], report: dict) -> None:
     )
 
 
+def awq_block(run: StageRunner, common: dict, index: int, config, hidden, calibration, batch_size: int):
+    """capture -> scales -> clip -> fuse for one block; returns the fuse output and the next block's input."""
+    captured = run(capture, **common, index=index, block_input=hidden, calibration=calibration, batch_size=batch_size)
+    inputs = dict(**common, index=index, config=config, capture=captured.files["capture"])
+    found = run(scales, **inputs, block_input=hidden, calibration=calibration, batch_size=batch_size)
+    clips = run(clip, **inputs, scales=found.files["scales"])
+    done = run(fuse, **inputs, block_input=hidden, calibration=calibration, scales=found.files["scales"],
+               clips=clips.files["clips"], batch_size=batch_size)  # fmt: skip
+    return done, done.files["output"] if config.sequential_quantized_inputs else captured.files["output"]
+
+
 @flow(name="awq-quantize", log_prints=False)
 def quantize_flow(settings: RunSettings, run_dir: str, progress_bars: bool = True) -> dict:
     start = time.perf_counter()
@@ -100,20 +113,19 @@ def quantize_flow(settings: RunSettings, run_dir: str, progress_bars: bool = Tru
     calibration, hidden = loaded.files["calibration"], loaded.files["block_input"]
     n_blocks = loaded.info["n_blocks"]
     records.blocks(n_blocks)
-    progress.blocks(n_blocks)
+    progress.blocks(n_blocks, GPTQ_BLOCK_STAGES if config.is_gptq else BLOCK_STAGES)
     fused, layers = [], []
     common = dict(ref=ref, run_dir=run_dir, device=device)
     for index in range(n_blocks):
-        captured = run(capture, **common, index=index, block_input=hidden, calibration=calibration, batch_size=batch_size)
-        inputs = dict(**common, index=index, config=config, capture=captured.files["capture"])
-        found = run(scales, **inputs, block_input=hidden, calibration=calibration, batch_size=batch_size)
-        clips = run(clip, **inputs, scales=found.files["scales"])
-        done = run(fuse, **inputs, block_input=hidden, calibration=calibration, scales=found.files["scales"],
-                   clips=clips.files["clips"], batch_size=batch_size)  # fmt: skip
+        if config.is_gptq:
+            done = run(gptq, **common, index=index, config=config, block_input=hidden, calibration=calibration,
+                       batch_size=batch_size)  # fmt: skip
+            hidden = done.files["output"]
+        else:
+            done, hidden = awq_block(run, common, index, config, hidden, calibration, batch_size)
         fused.append(done.files["fused"])
         records.append_layers(done.info["metrics"])
         layers.extend(done.info["metrics"])
-        hidden = done.files["output"] if config.sequential_quantized_inputs else captured.files["output"]
     progress.close()
 
     packed = run(pack, ref=ref, run_dir=run_dir, config=config, fused=fused)

@@ -20,6 +20,7 @@ from tasks.checkpoints import StageOutput, text_digest
 
 RUN_FILE, MANIFEST_FILE, LAYERS_FILE, REPORT_FILE = "run.json", "manifest.json", "layers.jsonl", "report.json"
 DEFAULT_RUNS_ROOT = "runs"
+BLOCK_DONE_STAGES = ("fuse", "gptq")  # the last per-block stage of AWQ/RTN and of GPTQ
 
 
 class RunSettings(BaseModel):
@@ -81,7 +82,7 @@ class RunRecords:
             self.entries[f"{output.stage}/{output.block}/{name}"] = {
                 "path": checkpoint.path, "digest": checkpoint.digest, "stage": output.stage, "block": output.block, "file": name,
             }  # fmt: skip
-        if output.stage == "fuse":
+        if output.stage in BLOCK_DONE_STAGES:
             self.progress["blocks_done"] += 1
         self.write_manifest()
 

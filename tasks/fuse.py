@@ -32,6 +32,8 @@ def write_fused(path, block: nn.Module, prefix: str, quantized: dict[str, Quanti
         tensors[f"{name}.q"] = qw.q.to(torch.uint8)  # (out, in)
         tensors[f"{name}.zeros"] = qw.zeros.to(torch.uint8)  # (out, in / g)
         tensors[f"{name}.scales"] = qw.scales  # (out, in / g) float32, fp16-exact
+        if qw.g_idx is not None:  # GPTQ act-order: each column's group
+            tensors[f"{name}.g_idx"] = qw.g_idx.to(torch.int32)  # (in,)
     meta = {"quantized": sorted(names), "w_bit": next(iter(quantized.values())).w_bit if quantized else None,
             "group_sizes": {n: quantized[f"{prefix}.{n}"].group_size for n in names}}  # fmt: skip
     return write_tensors(path, tensors, meta)
@@ -44,6 +46,7 @@ def read_fused(checkpoint: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[st
         name: QuantizedWeight(
             tensors.pop(f"{name}.q").to(torch.int32), tensors.pop(f"{name}.scales"),
             tensors.pop(f"{name}.zeros").to(torch.int32), meta["w_bit"], meta["group_sizes"][name],
+            tensors.pop(f"{name}.g_idx", None),
         )  # fmt: skip
         for name in meta["quantized"]
     }

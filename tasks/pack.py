@@ -1,5 +1,6 @@
-"""Stage 5: put every block's fused tensors and packed INT4 weights into the model and write the
-AutoAWQ checkpoint (safetensors + config.json + tokenizer) under the run directory."""
+"""Stage 5: put every block's fused tensors and packed integer weights into the model and write the
+checkpoint (safetensors + config.json + tokenizer) under the run directory: the AutoAWQ layout, or
+the GPTQ layout (+ quantize_config.json) for method gptq."""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +10,7 @@ from pathlib import Path
 from prefect import task
 
 from awq_core.awq import prefix_of
-from awq_core.checkpoint import replace_linears, save_quantized
+from awq_core.checkpoint import GPTQ_LAYOUT, replace_linears, save_quantized
 from awq_core.config import QuantConfig
 from awq_core.registry import get_blocks
 from tasks.checkpoints import Checkpoint, StageOutput, file_digest, stage_cache_key_fn, stage_key
@@ -18,7 +19,7 @@ from tasks.model_ref import ModelRef
 from tasks.session import take_model
 
 STAGE = "pack"
-CONFIG_FIELDS = ("w_bit", "group_size", "zero_point", "version", "modules_to_not_convert")
+CONFIG_FIELDS = ("method", "w_bit", "group_size", "zero_point", "version", "modules_to_not_convert", "gptq")
 
 
 def directory_checkpoints(directory: Path) -> dict[str, Checkpoint]:
@@ -37,7 +38,7 @@ def pack(ref: ModelRef, run_dir: str, config: QuantConfig, fused: list[Checkpoin
         blocks[index].load_state_dict(tensors, strict=False)
         prefix = prefix_of(loaded.arch, index)
         quantized.update({f"{prefix}.{name}": qw for name, qw in block_quantized.items()})
-    replace_linears(loaded.model, quantized, config.version)
+    replace_linears(loaded.model, quantized, GPTQ_LAYOUT if config.is_gptq else config.version)
     out = Path(run_dir) / f"checkpoint-{key[:16]}"
     staging = Path(tempfile.mkdtemp(prefix=".tmp-pack-", dir=run_dir))
     try:

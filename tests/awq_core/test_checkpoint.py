@@ -314,8 +314,12 @@ def test_config_errors(saved):
     with pytest.raises(CheckpointError, match="no `quantization_config`"):
         load_quantized(saved)
 
+    config_path.write_text(json.dumps(config | {"quantization_config": {"quant_method": "bitsandbytes", "bits": 4}}))
+    with pytest.raises(CheckpointError, match="quant_method='bitsandbytes' is not supported; 'awq' and 'gptq' are"):
+        load_quantized(saved)
+
     config_path.write_text(json.dumps(config | {"quantization_config": {"quant_method": "gptq", "bits": 4}}))
-    with pytest.raises(CheckpointError, match="quant_method='gptq' is not supported"):
+    with pytest.raises(CheckpointError, match="group_size=None"):
         load_quantized(saved)
 
     config_path.write_text(json.dumps(config | {"quantization_config": quant_config("exllama")}))

@@ -27,7 +27,7 @@ def test_is_frozen():
         (dict(group_size=100), "group_size", "-1, 32, 64 or 128"),
         (dict(w_bit=5), "w_bit", "2, 3, 4 or 8"),
         (dict(version="marlin"), "version", "'gemm' or 'gemv'"),
-        (dict(method="smoothquant"), "method", "'awq' or 'rtn'"),
+        (dict(method="smoothquant"), "method", "'awq', 'rtn' or 'gptq'"),
     ],
 )
 def test_bad_values_name_the_field_and_the_allowed_values(kwargs, field, allowed):
