@@ -152,7 +152,7 @@ def cmd_quantize(args) -> int:
                 rows.append(report_row(run_quantize(rtn, Path(run_dir).with_name(Path(run_dir).name + "-rtn"), float_perplexity=fp)))
     rows.append(report_row(run_quantize(settings, run_dir, float_perplexity=fp)))
     print_table(rows)
-    print(f"saved {args.out}")
+    print(f"saved {args.out}; per-layer errors: {Path(run_dir) / 'report.html'} (or awqflow dashboard {run_dir})")
     return 0
 
 

@@ -38,6 +38,7 @@ MAX_RUNS = len(RUN_COLORS)
 RATIO_RANGE = 2.0  # the comparison heatmap's colors saturate at 2^-2 and 2^2 = 4x less or more error
 
 SORT_SCRIPT = """
+for (const table of document.querySelectorAll("table.sortable")) table.classList.add("ready");  // headings sort
 for (const th of document.querySelectorAll("table.sortable th")) {
   th.addEventListener("click", () => {
     const body = th.closest("table").tBodies[0], col = th.cellIndex;
@@ -54,7 +55,7 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1180px;
 h1 { font-size: 22px; margin: 18px 0 4px; } h2 { font-size: 17px; margin: 28px 0 6px; border-bottom: 1px solid #ddd; }
 nav a { margin-right: 14px; } .note { color: #555; max-width: 900px; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 12.5px; } th, td { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }
-table.sortable th { cursor: pointer; background: #f6f6f6; position: sticky; top: 0; } td.num { text-align: right; position: relative; white-space: nowrap; }
+table.sortable th { background: #f6f6f6; position: sticky; top: 0; } table.ready th { cursor: pointer; } td.num { text-align: right; position: relative; white-space: nowrap; }
 span.share { position: absolute; left: 0; top: 3px; bottom: 3px; background: #fdd0a2; z-index: -1; }
 table.summary td { max-width: 420px; overflow-wrap: anywhere; } pre { white-space: pre-wrap; font-size: 11px; }
 svg.chart { display: block; max-width: 100%; height: auto; margin: 6px 0; }
