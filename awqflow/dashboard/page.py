@@ -84,6 +84,12 @@ def below(legend: list[str], types: list[str]) -> list[str]:
     return [f'<g transform="translate(0 {HEATMAP_TOP + HEATMAP_ROW * len(types) + 30})">' + "".join(legend) + "</g>"]
 
 
+def ratio_color(ratio: float) -> str:
+    """White at 1, blue below, red above, saturating at 2^-RATIO_RANGE and 2^RATIO_RANGE."""
+    log_ratio = max(-RATIO_RANGE, min(RATIO_RANGE, math.log2(ratio)))
+    return ramp(DIVERGING, (log_ratio + RATIO_RANGE) / (2 * RATIO_RANGE))
+
+
 def error_heatmaps(runs: list[Run], types: list[str], block_ids: list[int]) -> str:
     scale = error_scale(runs)  # one color scale for every run, so that colors compare across runs
     legend = legend_ramp(80, 0, 300, SEQUENTIAL, f"{scale.lo:.0e}", f"{scale.hi:.0e}", "relative output error (log)")
@@ -101,10 +107,9 @@ def error_heatmaps(runs: list[Run], types: list[str], block_ids: list[int]) -> s
             ratio = b / a if a and b else None
             tip = f"{layer['name']}: {run.label} / {runs[0].label} = {fmt(ratio)} (errors {fmt(b)} vs {fmt(a)})"
             cells[key] = Cell(ratio, tip)
-        color = lambda r: ramp(DIVERGING, (max(-RATIO_RANGE, min(RATIO_RANGE, math.log2(r))) + RATIO_RANGE) / (2 * RATIO_RANGE))  # noqa: E731
         legend = legend_ramp(80, 0, 300, DIVERGING, f"{2 ** -RATIO_RANGE:g}x", f"{2 ** RATIO_RANGE:g}x",
                              f"error of {run.label} / error of {runs[0].label}")
-        chart = heatmap(types, block_ids, cells, color, below(legend, types), f"error ratio {run.label} / {runs[0].label}")
+        chart = heatmap(types, block_ids, cells, ratio_color, below(legend, types), f"error ratio {run.label} / {runs[0].label}")
         parts.append(f"<h3>{esc(run.label)} vs {esc(runs[0].label)} (blue: less error, red: more)</h3>{chart}")
     return "".join(parts)
 

@@ -5,7 +5,6 @@ import time
 from html import escape
 
 import pytest
-import torch
 
 from awq_core.awq import quantize_model
 from awq_core.calibration import calibration_blocks
