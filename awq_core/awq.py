@@ -30,9 +30,10 @@ from awq_core.capture import (
 from awq_core.clip_search import ClipResult, apply_clip, sample_tokens, search_clip
 from awq_core.config import QuantConfig, is_excluded
 from awq_core.fuse import apply_scales
+from awq_core.layer_stats import relative_weight_error, spread
 from awq_core.quantizer import QuantizedWeight, check_group_size, quantize
 from awq_core.registry import Architecture, active_groups, block_linears, detect_architecture, get_blocks
-from awq_core.scale_search import search_scales
+from awq_core.scale_search import channel_mean_abs, search_scales
 
 ERROR_SAMPLE_TOKENS = 2048  # tokens used to report each linear's output error; enough for 3 digits
 
@@ -50,6 +51,16 @@ class LinearMetrics:
     seconds: float = 0.0
     damp: float | None = None  # GPTQ: the dampening fraction its Cholesky factorization needed
     gptq_loss: float | None = None  # GPTQ: its objective, sum of (w - q)^2 / [H^-1]_jj / 2
+    # Appended later; runs recorded before them lack these keys.
+    scale_mean: float | None = None  # the spread of the input scales AWQ chose (None: no scaling group)
+    scale_max_over_mean: float | None = None
+    scale_outlier_share: float | None = None  # share of input channels scaled above 5x the mean
+    input_max_over_mean: float | None = None  # the spread of the input's mean |x| per channel
+    input_outlier_share: float | None = None  # share of input channels above 5x the mean: outlier channels
+    rtn_weight_error: float | None = None  # ||W_rtn - W||^2 / ||W||^2
+    weight_error: float | None = None  # the same for the final weight, mapped back through the scales
+    clip_ratio_min: float | None = None
+    clip_share: float | None = None  # share of (row, group) ranges the clip search shrank
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,9 +218,13 @@ def quantize_scaled_block(
         m = LinearMetrics(f"{prefix}.{name}", index, 0.0, 0.0)
         if name in ratios:
             m.scale_ratio, m.scale_loss, m.scale_rtn_loss = ratios[name].ratio, ratios[name].loss, ratios[name].rtn_loss
+            scale = spread(ratios[name].scales)
+            m.scale_mean, m.scale_max_over_mean, m.scale_outlier_share = scale.mean, scale.max_over_mean, scale.outlier_share
         if name in clips:
             apply_clip(linear.weight, clips[name].max_val)
-            m.clip_ratio_mean = float(clips[name].ratios.mean())
+            clip_ratios = clips[name].ratios  # (out, groups)
+            m.clip_ratio_mean, m.clip_ratio_min = float(clip_ratios.mean()), float(clip_ratios.min())
+            m.clip_share = float((clip_ratios < 1).float().mean())
         qw = quantize(linear.weight, config.w_bit, config.group_size, config.zero_point)
         linear.weight.copy_(qw.dequantize().to(linear.weight.dtype))
         quantized[f"{prefix}.{name}"] = qw
@@ -219,6 +234,11 @@ def quantize_scaled_block(
         # Compare against the reference the scaled linear must reproduce: original outputs / output scale.
         reference = originals[name] / output_scale[name].view(-1, 1).to(originals[name])
         m.final_error = relative_output_error(feats, reference, linear.weight, feats / input_scale[name].to(feats.dtype))
+        m.rtn_weight_error = relative_weight_error(originals[name], rtn)
+        # (x / s) W_q^T = x (W_q / s)^T: the quantized weight in the original input coordinates.
+        m.weight_error = relative_weight_error(reference, linear.weight / input_scale[name].view(1, -1).to(linear.weight))
+        channels = spread(channel_mean_abs(feats))
+        m.input_max_over_mean, m.input_outlier_share = channels.max_over_mean, channels.outlier_share
         m.seconds = time.perf_counter() - t0
         metrics.append(m)
     return BlockResult(index, quantized, metrics)

@@ -36,12 +36,18 @@ class Hessian:
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu"):
         self.sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)  # (in, in)
+        self.abs_sum = torch.zeros(in_features, dtype=torch.float32, device=device)  # (in,) for the metrics
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
         self.sum.addmm_(x.T, x)
+        self.abs_sum += x.abs().sum(dim=0)
         self.count += x.shape[0]
+
+    def channel_mean_abs(self) -> torch.Tensor:
+        """(in,) mean |x| of each input channel over the calibration tokens."""
+        return self.abs_sum / max(self.count, 1)
 
     def value(self) -> torch.Tensor:
         if self.count == 0:

@@ -23,6 +23,7 @@ from awq_core.awq import BlockResult, LinearMetrics, check_finite, quantized_lin
 from awq_core.capture import _StopForward, run_block
 from awq_core.config import QuantConfig
 from awq_core.gptq import Hessian, gptq_quantize, relative_hessian_error
+from awq_core.layer_stats import relative_weight_error, spread
 from awq_core.quantizer import QuantizedWeight, quantize
 
 
@@ -130,7 +131,11 @@ def quantize_block_gptq(
             linear.weight.copy_(w_hat.to(linear.weight.dtype))
             quantized[f"{prefix}.{name}"] = result.weight
             m = LinearMetrics(f"{prefix}.{name}", index, relative_hessian_error(w, rtn, h), relative_hessian_error(w, w_hat, h))
-            m.damp, m.gptq_loss, m.seconds = result.damp, result.loss, time.perf_counter() - t0
+            m.damp, m.gptq_loss = result.damp, result.loss
+            m.rtn_weight_error, m.weight_error = relative_weight_error(w, rtn), relative_weight_error(w, w_hat)
+            channels = spread(hessians[name].channel_mean_abs())
+            m.input_max_over_mean, m.input_outlier_share = channels.max_over_mean, channels.outlier_share
+            m.seconds = time.perf_counter() - t0
             metrics.append(m)
     next_hidden = run_block(block, hidden, block_kwargs, batch_size)  # (n, seqlen, hidden) from the quantized block
     check_finite(next_hidden, f"the output of {prefix}")

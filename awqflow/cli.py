@@ -18,6 +18,7 @@ from awq_core.config import (
 )  # fmt: skip
 from awq_core.evaluate import DEFAULT_EVAL_TEXTS, EvalSettings
 from awq_core.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from awqflow.dashboard.commands import add_commands as add_dashboard_commands
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = commands.add_parser("runs", help="list run directories and their state")
     ls.add_argument("--root", type=Path, default=Path("runs"), help="directory holding the run directories")
+
+    add_dashboard_commands(commands)  # dashboard, report
     return parser
 
 
@@ -142,18 +145,19 @@ def cmd_quantize(args) -> int:
     settings = run_settings(args, config)
     run_dir = args.run_dir or default_run_dir(settings)
     print(f"quantizing {args.model} with {config.method.value.upper()}: run {run_dir}", flush=True)
-    rows = []
+    rows, fp = [], None
     if args.compare:
         print("scoring the float model", flush=True)
         rows.append(float_row(settings))
+        fp = rows[0].perplexity  # recorded in each run's report: its page shows fp vs quantized
         if config.method is not Method.RTN and config.w_bit == 4:  # RTN is saved in the AWQ layout: 4-bit only
             print("quantizing with RTN (baseline)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
                 rtn = settings.model_copy(update={"config": config.model_copy(update={"method": Method.RTN}), "out": tmp})
-                rows.append(report_row(run_quantize(rtn, Path(run_dir).with_name(Path(run_dir).name + "-rtn"))))
-    rows.append(report_row(run_quantize(settings, run_dir)))
+                rows.append(report_row(run_quantize(rtn, Path(run_dir).with_name(Path(run_dir).name + "-rtn"), float_perplexity=fp)))
+    rows.append(report_row(run_quantize(settings, run_dir, float_perplexity=fp)))
     print_table(rows)
-    print(f"saved {args.out}")
+    print(f"saved {args.out}; per-layer errors: {Path(run_dir) / 'report.html'} (or awqflow dashboard {run_dir})")
     return 0
 
 
@@ -206,7 +210,7 @@ def quiet_prefect() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"quantize": cmd_quantize, "eval": cmd_eval, "resume": cmd_resume, "runs": cmd_runs}[args.command]
+    handler = getattr(args, "run", None) or {"quantize": cmd_quantize, "eval": cmd_eval, "resume": cmd_resume, "runs": cmd_runs}[args.command]
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a first start migrates its database

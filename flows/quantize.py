@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from awq_core.checkpoint import _publish  # atomic per-file moves, config.json last
+from awqflow.dashboard.report import REPORT_HTML, write_report  # the run's page, next to its records
 from flows.progress import BLOCK_STAGES, GPTQ_BLOCK_STAGES, Progress, timed
 from flows.records import LAYERS_FILE, RunRecords, RunSettings, cache_dir_of, default_run_dir
 from tasks.capture import capture
@@ -70,18 +71,23 @@ def publish(checkpoint: StageOutput, records: RunRecords, out: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def publish_artifacts(layers: list[dict], report: dict) -> None:
-    rows = [
-        {k: layer[k] for k in ("name", "rtn_error", "final_error", "scale_ratio", "clip_ratio_mean", "seconds")}
-        for layer in layers
-    ]
+# The per-layer table in the Prefect UI; keys a method does not record are left empty.
+ARTIFACT_COLUMNS = ("name", "rtn_error", "final_error", "weight_error", "scale_ratio", "scale_max_over_mean",
+                    "input_max_over_mean", "clip_ratio_mean", "damp", "seconds")  # fmt: skip
+
+
+def publish_artifacts(layers: list[dict], report: dict, page: Path) -> None:
+    rows = [{k: layer.get(k) for k in ARTIFACT_COLUMNS} for layer in layers]
     create_table_artifact(rows, key="awqflow-layer-errors", description="per-layer relative output error: RTN vs final")
-    ppl = "\n".join(f"| {text} | {value:.3f} |" for text, value in report["perplexity"].items())
+    fp = report.get("float_perplexity") or {}
+    ppl = "\n".join(f"| {text} | {value:.3f} | {fp[text]:.3f} |" if text in fp else f"| {text} | {value:.3f} | |"
+                    for text, value in report["perplexity"].items())  # fmt: skip
     stages = "\n".join(f"| {s} | {v['computed']} | {v['cached']} | {v['seconds']:.1f} |" for s, v in report["stages"].items())
     create_markdown_artifact(
         f"# awqflow: {report['model']}\n\ncheckpoint `{report['out']}`, {report['size_bytes'] / 1e6:.1f} MB "
         f"(float16 {report['float_bytes'] / 1e6:.1f} MB), {report['seconds']:.1f} s\n\n"
-        f"| text | perplexity |\n|---|---|\n{ppl}\n\n| stage | computed | cached | seconds |\n|---|---|---|---|\n{stages}\n",
+        f"| text | perplexity | float |\n|---|---|---|\n{ppl}\n\n| stage | computed | cached | seconds |\n|---|---|---|---|\n{stages}\n\n"
+        f"Per-layer errors: [{page.name}]({page.resolve().as_uri()}) (`{page}`), or `awqflow dashboard {report['run_dir']}`\n",
         key="awqflow-summary",
     )
 
@@ -98,13 +104,13 @@ def awq_block(run: StageRunner, common: dict, index: int, config, hidden, calibr
 
 
 @flow(name="awq-quantize", log_prints=False)
-def quantize_flow(settings: RunSettings, run_dir: str, progress_bars: bool = True) -> dict:
+def quantize_flow(settings: RunSettings, run_dir: str, progress_bars: bool = True, float_perplexity: dict | None = None) -> dict:
     start = time.perf_counter()
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True, warn_only=True)
     records = RunRecords(run_dir, settings)
     records.start()
-    progress = Progress(progress_bars)
+    progress = Progress(progress_bars, artifact=True)
     run = StageRunner(records, progress)
     config, device, batch_size = settings.config, settings.device, settings.batch_size
     ref = model_ref(settings.model, settings.revision, settings.dtype, settings.trust_remote_code)
@@ -138,15 +144,23 @@ def quantize_flow(settings: RunSettings, run_dir: str, progress_bars: bool = Tru
         "float_bytes": loaded.info["float_bytes"], "n_layers": len(layers),
         "seconds": time.perf_counter() - start, "stages": progress.summary(),
     }  # fmt: skip
+    if float_perplexity:  # measured by the caller (--compare): the page shows fp vs quantized
+        report["float_perplexity"] = float_perplexity
     records.finish(report)
-    publish_artifacts(layers, report)
+    page = Path(run_dir) / REPORT_HTML
+    try:
+        write_report([run_dir], page)
+    except Exception as e:  # the checkpoint is published: a page that fails to render must not fail the run
+        get_run_logger().warning(f"could not write {page}: {type(e).__name__}: {e}; `awqflow report {run_dir}` retries")
+    publish_artifacts(layers, report, page)
     return report
 
 
-def run_quantize(settings: RunSettings, run_dir: str | Path | None = None, progress_bars: bool = True) -> dict:
+def run_quantize(settings: RunSettings, run_dir: str | Path | None = None, progress_bars: bool = True,
+                 float_perplexity: dict | None = None) -> dict:  # fmt: skip
     """Run (or resume) the flow; the cache of task results lives on disk next to the run directories."""
     run_dir = (Path(run_dir) if run_dir else default_run_dir(settings)).resolve()
     cache = cache_dir_of(settings, run_dir)
     cache.mkdir(parents=True, exist_ok=True)
     flow_ = quantize_flow.with_options(result_storage=cache)
-    return flow_(settings=settings, run_dir=str(run_dir), progress_bars=progress_bars)
+    return flow_(settings=settings, run_dir=str(run_dir), progress_bars=progress_bars, float_perplexity=float_perplexity)

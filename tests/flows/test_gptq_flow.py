@@ -26,6 +26,9 @@ def test_gptq_flow_stages_cache_and_equals_the_direct_path(tiny_dir, tmp_path):
     assert set(computed(again).values()) == {0}
     layers = [json.loads(line) for line in (tmp_path / "runs" / "g" / "layers.jsonl").read_text().splitlines()]
     assert len(layers) == 14 and all(row["damp"] == 0.01 and row["final_error"] < row["rtn_error"] for row in layers)
+    assert all(row["weight_error"] > 0 and row["input_max_over_mean"] >= 1 for row in layers)
+    page = (tmp_path / "runs" / "g" / "report.html").read_text()
+    assert "GPTQ damping" in page and "gptq" in page
 
     model, tokenizer = load_model(tiny_dir)
     result = quantize_model(model, calibration_blocks(tokenizer, GPTQ.calibration), GPTQ, batch_size=2)
