@@ -18,7 +18,7 @@ from awq_core.config import (
 )  # fmt: skip
 from awq_core.evaluate import DEFAULT_EVAL_TEXTS, EvalSettings
 from awq_core.models import DEFAULT_MODEL, EMBEDDED_MODELS
-from awqflow.dashboard.commands import add_commands as add_dashboard_commands
+from flows.dashboard.commands import add_commands as add_dashboard_commands
 
 DTYPES = ("float32", "float16", "bfloat16")
 

@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from awq_core.checkpoint import _publish  # atomic per-file moves, config.json last
-from awqflow.dashboard.report import REPORT_HTML, write_report  # the run's page, next to its records
+from flows.dashboard.report import REPORT_HTML, write_report  # the run's page, next to its records
 from flows.progress import BLOCK_STAGES, GPTQ_BLOCK_STAGES, Progress, timed
 from flows.records import LAYERS_FILE, RunRecords, RunSettings, cache_dir_of, default_run_dir
 from tasks.capture import capture

@@ -5,7 +5,7 @@ import pytest
 from prefect.artifacts import Artifact
 
 import flows.progress
-from awqflow.dashboard.report import REPORT_HTML
+from flows.dashboard.report import REPORT_HTML
 from flows.progress import PROGRESS_KEY
 from flows.quantize import run_quantize
 from flows.records import LAYERS_FILE

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from awqflow.dashboard.server import DEFAULT_HOST, DEFAULT_PORT
+from flows.dashboard.server import DEFAULT_HOST, DEFAULT_PORT
 
 
 def add_commands(commands) -> None:
@@ -23,7 +23,7 @@ def add_commands(commands) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from awqflow.dashboard.server import make_server, url_of
+    from flows.dashboard.server import make_server, url_of
 
     server = make_server(args.run_dirs, args.host, args.port, args.allow_remote)
     print(f"awqflow dashboard of {len(args.run_dirs)} run(s): {url_of(server)}  (Ctrl-C stops it)", flush=True)
@@ -37,7 +37,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from awqflow.dashboard.report import write_report
+    from flows.dashboard.report import write_report
 
     print(f"wrote {write_report(args.run_dirs, args.out)}")
     return 0

@@ -11,7 +11,7 @@ import hashlib
 import math
 
 from awq_core.layer_stats import OUTLIER_FACTOR
-from awqflow.dashboard.charts import (
+from flows.dashboard.charts import (
     DIVERGING,
     RUN_COLORS,
     SEQUENTIAL,
@@ -30,8 +30,8 @@ from awqflow.dashboard.charts import (
     ramp,
     ranked,
 )
-from awqflow.dashboard.data import Run, block_errors, blocks, grid, linear_type, linear_types, number, worst_layers
-from awqflow.dashboard.tables import layer_table, layer_tooltip, summary_table, type_table
+from flows.dashboard.data import Run, block_errors, blocks, grid, linear_type, linear_types, number, worst_layers
+from flows.dashboard.tables import layer_table, layer_tooltip, summary_table, type_table
 
 WORST_SHOWN = 20  # named bars: enough to see a pattern (one linear type, the last blocks), few enough to read
 MAX_RUNS = len(RUN_COLORS)

@@ -12,9 +12,9 @@ from awq_core.config import CalibrationConfig, ClipConfig, Method, QuantConfig
 from awq_core.evaluate import EvalSettings, eval_tokens, evaluate
 from awq_core.models import load_model
 from awqflow.cli import main
-from awqflow.dashboard.data import load_runs, read_layers
-from awqflow.dashboard.page import CSP, SORT_SCRIPT, WORST_SHOWN, render_page, script_hash
-from awqflow.dashboard.report import write_report
+from flows.dashboard.data import load_runs, read_layers
+from flows.dashboard.page import CSP, SORT_SCRIPT, WORST_SHOWN, render_page, script_hash
+from flows.dashboard.report import write_report
 from flows.records import LAYERS_FILE, RunRecords, RunSettings
 from page_elements import elements
 from synthetic_runs import synthetic_layers, write_synthetic_run

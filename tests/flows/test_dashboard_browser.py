@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from awqflow.dashboard.page import WORST_SHOWN
-from awqflow.dashboard.report import write_report
+from flows.dashboard.page import WORST_SHOWN
+from flows.dashboard.report import write_report
 from page_elements import elements
 from synthetic_runs import write_synthetic_run
 

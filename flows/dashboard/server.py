@@ -12,9 +12,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from awqflow.dashboard.charts import esc
-from awqflow.dashboard.data import load_runs, run_json
-from awqflow.dashboard.page import CSP, render_page
+from flows.dashboard.charts import esc
+from flows.dashboard.data import load_runs, run_json
+from flows.dashboard.page import CSP, render_page
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
 LOOPBACK_NAMES = ("localhost",)

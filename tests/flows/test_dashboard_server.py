@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from awqflow.cli import main
-from awqflow.dashboard.server import check_host, make_server, url_of
+from flows.dashboard.server import check_host, make_server, url_of
 from flows.records import LAYERS_FILE
 from page_elements import elements
 from synthetic_runs import synthetic_layers, write_synthetic_run

@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from awqflow.dashboard.data import load_runs
-from awqflow.dashboard.page import render_page
+from flows.dashboard.data import load_runs
+from flows.dashboard.page import render_page
 
 REPORT_HTML = "report.html"  # in the run directory
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from awq_core.layer_stats import OUTLIER_FACTOR
-from awqflow.dashboard.charts import esc, fmt
-from awqflow.dashboard.data import TYPE_COLUMNS, Run, block_of, linear_type, number, summary_numbers, type_summaries
+from flows.dashboard.charts import esc, fmt
+from flows.dashboard.data import TYPE_COLUMNS, Run, block_of, linear_type, number, summary_numbers, type_summaries
 
 SHARE_COLUMNS = {"input_outlier_share", "scale_outlier_share", "clip_share"}  # shown as percentages
 
