@@ -3,6 +3,10 @@
     python benchmarks/kernels.py                 # check, then benchmark -> benchmarks/results/kernels_<gpu>.json
     python benchmarks/kernels.py --autotune      # check, then tune -> triton_kernels/configs/<gpu>.json
     python benchmarks/kernels.py --autotune --kinds gemv --ms 1,2,4   # retune a part; keeps the other entries
+
+--autotune times every candidate config of each kernel at each (shape, M) and keeps the fastest; it
+also records, per (shape, M bucket), which kernel was fastest ("dispatch/..." entries), which
+`dispatch.select_kernel` then follows on that GPU.
     python benchmarks/kernels.py --check-only
 
 Timing: every variant runs over a ring of distinct layers whose weights total more than 4x the L2
@@ -49,8 +53,9 @@ def check_correctness() -> list[dict]:
     cases = [(1024, 768, 128), (1024, 768, 64), (1024, 768, 32), (1152, 520, -1), (4224, 1032, 128)]
     kernels = {
         "gemv": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=4, max_m=8)),
-        "gemv_fold_zero": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=4, max_m=8, fold_zero=True)),
+        "gemv_subtiles": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=128, split_k=2, max_m=8, subtiles=2)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
+        "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
@@ -174,19 +179,22 @@ def gemlite_ring(n: int, k: int, count: int) -> list | None:
 
 
 # ----------------------------------------------------------------------------------------- autotune
+# GEMV tiles: (block_n, subtiles, num_warps). Each thread holds 2 columns per subtile (see gemv.py).
+GEMV_TILES = ((64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
+# GEMM tiles: (block_n, num_warps); block_m follows M.
+GEMM_TILES = ((64, 4), (128, 8), (256, 8))
+SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
+
+
 def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
     blocks = -(-k // 128)
     out = []
-    for block_n in (32, 64, 128, 256):
-        for warps in (2, 4, 8):
-            if block_n * 16 * configs.bucket_m(m) // (32 * warps) > 64:  # accumulator registers per thread
-                continue
-            for split in (1, 2, 4, 8, 16, 32):
-                programs = -(-n // block_n) * split
-                if split <= blocks and 132 <= programs <= 132 * 12:
-                    for fold in (True, False):
-                        out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2,
-                                              max_m=8, fold_zero=fold))
+    for block_n, subtiles, warps in GEMV_TILES:
+        for split in (1, 2, 4, 8, 16):
+            programs = -(-n // block_n) * split
+            if split <= blocks and (split == 1 or programs <= SMS * 16):
+                out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
+                                      subtiles=subtiles))
     return out
 
 
@@ -194,11 +202,10 @@ def gemm_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
     blocks = -(-k // 128)
     out = []
     for block_m in sorted({min(max(16, configs.bucket_m(m)), 128), min(max(16, configs.bucket_m(m) // 2), 128)}):
-        for block_n in (64, 128, 256):
-            warps = 4 if block_m * block_n <= 64 * 128 else 8
+        for block_n, warps in GEMM_TILES:
             tiles = -(-m // block_m) * -(-n // block_n)
             for split in (1, 2, 4, 8):
-                if split <= blocks // 2 and (split == 1 or tiles * split <= 132 * 4):
+                if split <= blocks // 2 and (split == 1 or tiles * split <= SMS * 8):
                     out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps, num_stages=3))
     return out
 
@@ -215,9 +222,12 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
         ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
         for m in ms:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
+            fastest = {}  # kernel -> microseconds, for the dispatch entry
+            if m >= 64 and "dequant_cublas" in kinds:
+                fastest["dequant_cublas"] = time_ring(lambda xx, ww: dequant_matmul(xx, ww, None), ring, x, replays=5)
             for kind, cands, fn in (
-                ("gemv", gemv_candidates(m, n, k) if m <= 8 and "gemv" in kinds else [], gemv),
-                ("gemm", gemm_candidates(m, n, k) if m >= 2 and "gemm" in kinds else [], gemm),
+                ("gemv", gemv_candidates(m, n, k) if m <= 4 and "gemv" in kinds else [], gemv),
+                ("gemm", gemm_candidates(m, n, k) if 2 <= m <= 256 and "gemm" in kinds else [], gemm),
             ):
                 best = None
                 for cfg in cands:
@@ -229,9 +239,15 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                     if best is None or t < best[0]:
                         best = (t, cfg)
                 if best:
+                    fastest[kind] = best[0]
                     entries[configs.config_key(kind, n, k, m)] = configs.as_entry(best[1])
                     log.append(dict(shape=shape, m=m, kernel=kind, us=best[0], config=configs.as_entry(best[1])))
                     print(f"{shape:12s} M={m:5d} {kind}: {best[0]:8.1f} us {best[1]}", flush=True)
+            if len(fastest) > 1:
+                winner = min(fastest, key=fastest.get)
+                reason = "measured (us): " + ", ".join(f"{kk} {v:.1f}" for kk, v in sorted(fastest.items(), key=lambda t: t[1]))
+                entries[configs.config_key("dispatch", n, k, m)] = dict(kernel=winner, reason=reason)
+                print(f"{shape:12s} M={m:5d} dispatch -> {winner}: {reason}", flush=True)
         del ring, w0
         torch.cuda.empty_cache()
         path = configs.save_table(name, entries, meta)  # after every shape: a run cut short keeps its work
@@ -264,13 +280,16 @@ def benchmark(shapes: dict, ms: tuple, save) -> dict:
             glite = None
         for m in ms:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
-            choice = select_kernel(m, n, k, cap)
+            choice = select_kernel(m, n, k, cap, name)
             row = dict(shape=shape, n=n, k=k, m=m, dispatched=choice.value)
             row["fp16_us"] = time_ring(lambda xx, ww: F.linear(xx, ww), fp16, x)
             for kernel in (KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.DEQUANT_CUBLAS):
-                if kernel is KernelChoice.GEMV and m > 8:
-                    continue
-                if kernel is KernelChoice.DEQUANT_CUBLAS and m < 64:
+                # The dispatched kernel, plus the alternatives where the choice is close: GEMV vs GEMM at
+                # M <= 4 (the single-query question), GEMM vs dequant+cuBLAS from M = 64.
+                alternatives = {KernelChoice.GEMV: m <= 4, KernelChoice.GEMM: m <= 4 or m >= 64,
+                                KernelChoice.DEQUANT_CUBLAS: m >= 64}
+                wanted = kernel is choice or alternatives[kernel]
+                if not wanted:
                     continue
                 row[f"{kernel.value}_us"] = time_ring(lambda xx, ww, kk=kernel: w4a16_linear(xx, ww, kernel=kk), ours, x)
             row["ours_us"] = row[f"{choice.value}_us"]
@@ -305,15 +324,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autotune", action="store_true", help="tune configs and write triton_kernels/configs/<gpu>.json")
     parser.add_argument("--check-only", action="store_true")
+    parser.add_argument("--no-check", action="store_true", help="skip the correctness check (e.g. when tuning)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--ms", default=",".join(map(str, MS)))
-    parser.add_argument("--kinds", default="gemv,gemm", help="kernels --autotune tunes (others keep their entries)")
+    parser.add_argument("--kinds", default="gemv,gemm,dequant_cublas",
+                        help="kernels --autotune tunes or times (others keep their entries)")
     parser.add_argument("--out", type=Path, default=None, help="also copy result files here")
     parser.add_argument("--tag", default="", help="suffix of the result file name: kernels_<gpu>[_<tag>].json")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     t0 = time.time()
-    check = check_correctness()
+    check = [] if args.no_check else check_correctness()
     if args.check_only:
         return
     shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
@@ -325,7 +346,8 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = dict(command="python " + " ".join(sys.argv), torch=torch.__version__,
                  triton=__import__("triton").__version__, group_size=GROUP,
-                 correctness=dict(comparisons=len(check), worst_error=max(r["err"] for r in check), rtol=RTOL))
+                 correctness=dict(comparisons=len(check), worst_error=max((r["err"] for r in check), default=None),
+                                 rtol=RTOL))
 
     def save(data: dict) -> None:  # after every row, so a run cut short keeps what it measured
         data = {**extra, **data, "seconds": time.time() - t0}
