@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -178,6 +180,53 @@ def gemlite_ring(n: int, k: int, count: int) -> list | None:
     return ring
 
 
+# ----------------------------------------------------------------------------------------- diagnosis
+@triton.jit
+def _stream_words_kernel(qw_ptr, y_ptr, N, blocks_per_split, n_blocks, BLOCK_N: tl.constexpr):
+    """Reads the packed words exactly as the GEMV tiles them and grids them, with one XOR per word:
+    the time the GEMV would take if its arithmetic were free."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N))[:, None, None]  # (BN, 1, 1)
+    offs_j = (tl.arange(0, 4)[:, None] * 4 + tl.arange(0, 4)[None, :])[None, :, :]  # (1, 4, 4)
+    acc = tl.zeros((BLOCK_N, 4, 4), dtype=tl.int32)
+    b_start = pid_k * blocks_per_split
+    for b in range(b_start, tl.minimum(b_start + blocks_per_split, n_blocks)):
+        acc ^= tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j)
+    folded = tl.sum(tl.sum(acc, axis=2), axis=1)  # (BN,)
+    tl.atomic_xor(y_ptr + pid_n * BLOCK_N + tl.arange(0, BLOCK_N), folded)
+
+
+def diagnose_gemv(shapes: dict) -> list[dict]:
+    """M=1: the tuned GEMV against a kernel that only streams its words with the same tiles and grid."""
+    name = torch.cuda.get_device_name(0)
+    bw = copy_bandwidth()
+    rows = []
+    for shape, (n, k) in shapes.items():
+        w0 = random_prepared(n, k)
+        ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
+        x = torch.randn((1, k), device="cuda", dtype=torch.float16)
+        cfg = configs.gemv_config(name, n, k, 1, torch.cuda.get_device_properties(0).multi_processor_count)
+        n_blocks = w0.padded_in_features // 128
+        per_split = triton.cdiv(n_blocks, max(1, min(cfg.split_k, n_blocks)))
+        out = torch.zeros(triton.cdiv(n, cfg.block_n) * cfg.block_n, dtype=torch.int32, device="cuda")
+        grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(n_blocks, per_split))
+
+        def stream(xx, ww):
+            _stream_words_kernel[grid](ww.qweight, out, n, per_split, n_blocks, BLOCK_N=cfg.block_n,
+                                       num_warps=cfg.num_warps)
+
+        row = dict(shape=shape, n=n, k=k, config=configs.as_entry(cfg), floor_us=floor_bytes(1, n, k) / bw * 1e6,
+                   gemv_us=time_ring(lambda xx, ww: gemv(xx, ww, None, cfg), ring, x),
+                   stream_words_us=time_ring(stream, ring, x))
+        rows.append(row)
+        print(f"diagnose {shape:12s} floor {row['floor_us']:6.1f} us, words streamed alone {row['stream_words_us']:6.1f} us,"
+              f" gemv {row['gemv_us']:6.1f} us  ({cfg})", flush=True)
+        del ring, w0
+        torch.cuda.empty_cache()
+    return rows
+
+
 # ----------------------------------------------------------------------------------------- autotune
 # GEMV tiles: (block_n, subtiles, num_warps). Each thread holds 2 columns per subtile (see gemv.py).
 GEMV_TILES = ((64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
@@ -229,20 +278,23 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                 ("gemv", gemv_candidates(m, n, k) if m <= 4 and "gemv" in kinds else [], gemv),
                 ("gemm", gemm_candidates(m, n, k) if 2 <= m <= 256 and "gemm" in kinds else [], gemm),
             ):
-                best = None
+                best, tried = None, []
                 for cfg in cands:
                     try:
                         t = time_ring(lambda xx, ww, c=cfg, f=fn: f(xx, ww, None, c), ring, x, replays=5)
                     except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: skip the config
                         print(f"skip {kind} {cfg}: {type(exc).__name__}")
                         continue
+                    tried.append(dict(configs.as_entry(cfg), us=t))
                     if best is None or t < best[0]:
                         best = (t, cfg)
                 if best:
                     fastest[kind] = best[0]
                     entries[configs.config_key(kind, n, k, m)] = configs.as_entry(best[1])
-                    log.append(dict(shape=shape, m=m, kernel=kind, us=best[0], config=configs.as_entry(best[1])))
+                    log.append(dict(shape=shape, m=m, kernel=kind, us=best[0], config=configs.as_entry(best[1]),
+                                    tried=tried))
                     print(f"{shape:12s} M={m:5d} {kind}: {best[0]:8.1f} us {best[1]}", flush=True)
+            log.append(dict(shape=shape, m=m, fastest=fastest))
             if len(fastest) > 1:
                 winner = min(fastest, key=fastest.get)
                 reason = "measured (us): " + ", ".join(f"{kk} {v:.1f}" for kk, v in sorted(fastest.items(), key=lambda t: t[1]))
@@ -325,6 +377,8 @@ def main() -> None:
     parser.add_argument("--autotune", action="store_true", help="tune configs and write triton_kernels/configs/<gpu>.json")
     parser.add_argument("--check-only", action="store_true")
     parser.add_argument("--no-check", action="store_true", help="skip the correctness check (e.g. when tuning)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="M=1: time the tuned GEMV against streaming its words alone (what limits it)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--ms", default=",".join(map(str, MS)))
     parser.add_argument("--kinds", default="gemv,gemm,dequant_cublas",
@@ -340,6 +394,12 @@ def main() -> None:
     shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
     if args.autotune:
         autotune(args.out, tuple(args.kinds.split(",")), shapes, tuple(int(m) for m in args.ms.split(",")))
+        return
+    if args.diagnose:
+        rows = diagnose_gemv(shapes)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "diagnose_gemv.json").write_text(json.dumps(dict(command="python " + " ".join(sys.argv), rows=rows), indent=1))
         return
     tag = configs.gpu_file_name(torch.cuda.get_device_name(0))[: -len(".json")] + (f"_{args.tag}" if args.tag else "")
     path = Path(__file__).resolve().parent / "results" / f"kernels_{tag}.json"
