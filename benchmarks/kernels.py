@@ -49,20 +49,29 @@ REPLAYS = 15
 
 
 # ----------------------------------------------------------------------------------------- correctness
-def check_correctness() -> list[dict]:
+def in_part(index: int, part: tuple[int, int]) -> bool:
+    """Work item `index` belongs to part i of n (`--part i/n`: parallel processes share the compiling)."""
+    return index % part[1] == part[0]
+
+
+def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
     """The tests' comparisons on the real device: every kernel, group size, dtype, ragged M and K."""
     rows = []
     cases = [(1024, 768, 128), (1024, 768, 64), (1024, 768, 32), (1152, 520, -1), (4224, 1032, 128)]
     kernels = {
         "gemv": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=4, max_m=8)),
         "gemv_subtiles": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=128, split_k=2, max_m=8, subtiles=2)),
+        "gemv_prefetch": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=3, max_m=8, prefetch=True)),
+        "gemv_subtiles_prefetch": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=128, split_k=1, max_m=8, subtiles=2, prefetch=True)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
         "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
-    for dtype in (torch.float16, torch.bfloat16):
-        for k, n, group in cases:
+    work = [(dtype, case) for dtype in (torch.float16, torch.bfloat16) for case in cases]
+    for index, (dtype, (k, n, group)) in enumerate(work):
+        if in_part(index, part):
             layer = random_awq_layer(k, n, group, dtype, device="cuda", seed=k + n + (group % 97))
             w = prepare(layer.qweight, layer.qzeros, layer.scales, group)
             for m in (1, 3, 8, 17, 100, 300):
@@ -76,13 +85,28 @@ def check_correctness() -> list[dict]:
                     err = relative_error(y, ref)
                     ok = bool(y.shape == (m, n) and torch.isfinite(y).all() and err < RTOL)
                     rows.append(dict(kernel=name, dtype=str(dtype), k=k, n=n, group=group, m=m, err=err, ok=ok))
+    report_check(rows, part)
+    return rows
+
+
+def report_check(rows: list[dict], part: tuple[int, int] = (0, 1)) -> None:
     bad = [r for r in rows if not r["ok"]]
-    print(f"correctness: {len(rows) - len(bad)}/{len(rows)} comparisons under {RTOL}; worst error "
-          f"{max(r['err'] for r in rows):.2e}")
+    print(f"correctness (part {part[0]}/{part[1]}): {len(rows) - len(bad)}/{len(rows)} comparisons under {RTOL}; "
+          f"worst error {max((r['err'] for r in rows), default=float('nan')):.2e}")
     if bad:
         for r in bad[:20]:
             print("FAILED", r)
         raise SystemExit(f"GPU correctness check FAILED for {len(bad)} comparisons")
+
+
+def load_check_parts(folder: Path) -> list[dict]:
+    """The rows of `--check-only --part i/n --out folder` runs; every part of the n must be there."""
+    parts = sorted(folder.glob("check_part_*_of_*.json"))
+    assert parts, f"no check_part_*.json in {folder}"
+    n = int(parts[0].stem.rsplit("_", 1)[1])
+    assert len(parts) == n, f"{folder} holds {len(parts)} of the {n} check parts"
+    rows = [r for p in parts for r in json.loads(p.read_text())]
+    report_check(rows)
     return rows
 
 
@@ -92,11 +116,19 @@ def l2_bytes() -> int:
 
 
 def ring_length(layer_bytes: int) -> int:
+    if WARM_ONLY:
+        return 1
     return max(2, math.ceil(4 * l2_bytes() / layer_bytes))
+
+
+WARM_ONLY = False  # --warm-only: run each variant once (compiling it into Triton's disk cache), time nothing
 
 
 def time_ring(fn, ring: list, x: torch.Tensor, replays: int = REPLAYS) -> float:
     """Median microseconds per layer of `fn(x, layer)` over the ring, replayed from one CUDA graph."""
+    if WARM_ONLY:
+        fn(x, ring[0])
+        return float("nan")
     for layer in ring[:2]:
         fn(x, layer)  # compile / autotune outside the capture
     torch.cuda.synchronize()
@@ -242,8 +274,9 @@ def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
         for split in (1, 2, 4, 8, 16):
             programs = -(-n // block_n) * split
             if split <= blocks and (split == 1 or programs <= SMS * 16):
-                out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
-                                      subtiles=subtiles))
+                for prefetch in (False, True):
+                    out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
+                                          subtiles=subtiles, prefetch=prefetch))
     return out
 
 
@@ -259,27 +292,41 @@ def gemm_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
     return out
 
 
-def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple) -> None:
-    """Tune `kinds` at `ms` on `shapes`; entries tuned before for other (kernel, shape, M) are kept."""
+def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple, part=(0, 1)) -> None:
+    """Tune `kinds` at `ms` on `shapes`; entries tuned before for other (kernel, shape, M) are kept.
+
+    A fused kernel that is not being tuned but has an entry for (shape, M) is timed with that entry, so
+    that the dispatch entry still compares every kernel. With WARM_ONLY, only the candidates of this
+    `part` run, once each (compiling them), and nothing is written."""
     name = torch.cuda.get_device_name(0)
     entries: dict[str, dict] = dict(configs.load_table(name))
     log = []
     meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "group_size": GROUP,
             "note": "written by benchmarks/kernels.py --autotune; fp16 activations, ring-of-layers CUDA-graph timing"}
+    work_index = -1
     for shape, (n, k) in shapes.items():
         w0 = random_prepared(n, k)
         ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
         for m in ms:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
             fastest = {}  # kernel -> microseconds, for the dispatch entry
-            if m >= 64 and "dequant_cublas" in kinds:
+            if m >= 64 and "dequant_cublas" in kinds and not WARM_ONLY:
                 fastest["dequant_cublas"] = time_ring(lambda xx, ww: dequant_matmul(xx, ww, None), ring, x, replays=5)
-            for kind, cands, fn in (
-                ("gemv", gemv_candidates(m, n, k) if m <= 4 and "gemv" in kinds else [], gemv),
-                ("gemm", gemm_candidates(m, n, k) if 2 <= m <= 256 and "gemm" in kinds else [], gemm),
+            for kind, cands, fn, tuned in (
+                ("gemv", gemv_candidates(m, n, k) if m <= 4 else [], gemv, "gemv" in kinds),
+                ("gemm", gemm_candidates(m, n, k) if 2 <= m <= 256 else [], gemm, "gemm" in kinds),
             ):
+                entry = entries.get(configs.config_key(kind, n, k, m))
+                if not tuned:
+                    if cands and entry and not WARM_ONLY:
+                        fastest[kind] = time_ring(lambda xx, ww, c=type(cands[0])(**entry), f=fn: f(xx, ww, None, c),
+                                                  ring, x, replays=5)
+                    continue
                 best, tried = None, []
                 for cfg in cands:
+                    work_index += 1
+                    if WARM_ONLY and not in_part(work_index, part):
+                        continue
                     try:
                         t = time_ring(lambda xx, ww, c=cfg, f=fn: f(xx, ww, None, c), ring, x, replays=5)
                     except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: skip the config
@@ -288,7 +335,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                     tried.append(dict(configs.as_entry(cfg), us=t))
                     if best is None or t < best[0]:
                         best = (t, cfg)
-                if best:
+                if best and not WARM_ONLY:
                     fastest[kind] = best[0]
                     entries[configs.config_key(kind, n, k, m)] = configs.as_entry(best[1])
                     log.append(dict(shape=shape, m=m, kernel=kind, us=best[0], config=configs.as_entry(best[1]),
@@ -302,26 +349,31 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                 print(f"{shape:12s} M={m:5d} dispatch -> {winner}: {reason}", flush=True)
         del ring, w0
         torch.cuda.empty_cache()
+        if WARM_ONLY:
+            continue
         path = configs.save_table(name, entries, meta)  # after every shape: a run cut short keeps its work
         if out_path:
             out_path.mkdir(parents=True, exist_ok=True)
             (out_path / path.name).write_text(path.read_text())
             (out_path / "autotune_log.json").write_text(json.dumps(log, indent=1))
+    if WARM_ONLY:
+        print(f"warmed autotune part {part[0]}/{part[1]}")
+        return
     print("wrote", path)
-    if out_path:
-        out_path.mkdir(parents=True, exist_ok=True)
-        (out_path / path.name).write_text(path.read_text())
-        (out_path / "autotune_log.json").write_text(json.dumps(log, indent=1))
 
 
 # ----------------------------------------------------------------------------------------- benchmark
-def benchmark(shapes: dict, ms: tuple, save) -> dict:
+def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
+    """Time every (shape, M); with WARM_ONLY, run this `part`'s (shape, M) variants once each (compiling)."""
     name = torch.cuda.get_device_name(0)
     cap = torch.cuda.get_device_capability(0)
-    bw = copy_bandwidth()
+    bw = float("nan") if WARM_ONLY else copy_bandwidth()
     print(f"{name}: copy bandwidth {bw / 1e12:.2f} TB/s (read + write), L2 {l2_bytes() / 2**20:.0f} MiB", flush=True)
     results = []
+    work = [(shape, m) for shape in shapes for m in ms]
     for shape, (n, k) in shapes.items():
+        if WARM_ONLY and not any(in_part(work.index((shape, m)), part) for m in ms):
+            continue
         w0 = random_prepared(n, k)
         ours = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
         fp16 = [torch.randn((n, k), device="cuda", dtype=torch.float16) for _ in range(ring_length(2 * n * k))]
@@ -331,6 +383,8 @@ def benchmark(shapes: dict, ms: tuple, save) -> dict:
             print(f"gemlite failed to build: {exc!r}")
             glite = None
         for m in ms:
+            if WARM_ONLY and not in_part(work.index((shape, m)), part):
+                continue
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
             choice = select_kernel(m, n, k, cap, name)
             row = dict(shape=shape, n=n, k=k, m=m, dispatched=choice.value)
@@ -355,6 +409,8 @@ def benchmark(shapes: dict, ms: tuple, save) -> dict:
             row["speedup_vs_fp16"] = row["fp16_us"] / row["ours_us"]
             if "gemlite_us" in row:
                 row["speedup_vs_gemlite"] = row["gemlite_us"] / row["ours_us"]
+            if WARM_ONLY:
+                continue
             results.append(row)
             print(format_row(row), flush=True)
             save(dict(gpu=name, capability=list(cap), copy_bandwidth_Bps=bw, l2_bytes=l2_bytes(), rows=results))
@@ -384,16 +440,35 @@ def main() -> None:
     parser.add_argument("--kinds", default="gemv,gemm,dequant_cublas",
                         help="kernels --autotune tunes or times (others keep their entries)")
     parser.add_argument("--out", type=Path, default=None, help="also copy result files here")
+    parser.add_argument("--part", default="0/1", help="i/n: with --check-only or --warm-only, do every n-th item from i")
+    parser.add_argument("--warm-only", action="store_true",
+                        help="run this part's variants once (fills Triton's disk cache for a later timing run)")
+    parser.add_argument("--check-from", type=Path, default=None,
+                        help="take the correctness rows from `--check-only --part i/n --out DIR` runs in DIR")
     parser.add_argument("--tag", default="", help="suffix of the result file name: kernels_<gpu>[_<tag>].json")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    global WARM_ONLY
+    WARM_ONLY = args.warm_only
+    part = tuple(int(v) for v in args.part.split("/"))
+    assert len(part) == 2 and 0 <= part[0] < part[1], f"--part must be i/n with 0 <= i < n, got {args.part}"
     t0 = time.time()
-    check = [] if args.no_check else check_correctness()
+    if args.check_from is not None:
+        check = load_check_parts(args.check_from)
+    else:
+        check = [] if args.no_check or args.warm_only else check_correctness(part)
     if args.check_only:
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"check_part_{part[0]}_of_{part[1]}.json").write_text(json.dumps(check))
         return
     shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
     if args.autotune:
-        autotune(args.out, tuple(args.kinds.split(",")), shapes, tuple(int(m) for m in args.ms.split(",")))
+        autotune(args.out, tuple(args.kinds.split(",")), shapes, tuple(int(m) for m in args.ms.split(",")), part)
+        return
+    if args.warm_only:
+        benchmark(shapes, tuple(int(m) for m in args.ms.split(",")), lambda data: None, part)
+        print(f"warmed benchmark part {part[0]}/{part[1]}")
         return
     if args.diagnose:
         rows = diagnose_gemv(shapes)

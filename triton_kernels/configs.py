@@ -26,6 +26,8 @@ class GemvConfig:
     max_m: int = 8  # largest M (power of two) the register tile is sized for
     # 2: the block_n columns are two tiles sharing each activation load (4 columns per thread, see gemv.py)
     subtiles: int = 1
+    # Issue the next block's loads before this block's arithmetic (more bytes in flight per thread)
+    prefetch: bool = False
 
 
 @dataclass(frozen=True)

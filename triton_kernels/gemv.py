@@ -51,12 +51,23 @@ def _minus_zero(words, high, z, base_bits, i: tl.constexpr):
 
 
 @triton.jit
-def _load_words(qw_ptr, b, N, offs_n, mask_n, offs_j, EVEN_N: tl.constexpr):
-    """(1, SUB, 4, 4) packed words of block `b`: each thread's 4 words of a column are one 16-byte load."""
+def _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr, MASKED: tl.constexpr):
+    """Block `b`'s (1, SUB, 4, 4) packed words (each thread's 4 words of a column: one 16-byte load) and
+    the (1, SUB, 1, 1) zero point and scale of its first group. With MASKED, columns outside `mask_n`
+    and blocks from `b_end` on read as 0; without, every address must be valid."""
     ptrs = qw_ptr + (b * N + offs_n) * 16 + offs_j
-    if EVEN_N:
-        return tl.load(ptrs)
-    return tl.load(ptrs, mask=mask_n, other=0)
+    group = (b * 128) // GROUP
+    if MASKED:
+        # The block test as a tensor: Triton's CPU interpreter rejects a scalar & tensor mask.
+        mask = mask_n & (offs_n * 0 + b < b_end)  # (1, SUB, 1, 1)
+        words = tl.load(ptrs, mask=mask, other=0)
+        z = tl.load(z_ptr + group * N + offs_n, mask=mask, other=0).to(tl.int32)
+        s = tl.load(s_ptr + group * N + offs_n, mask=mask, other=0.0).to(tl.float32)
+    else:
+        words = tl.load(ptrs)
+        z = tl.load(z_ptr + group * N + offs_n).to(tl.int32)
+        s = tl.load(s_ptr + group * N + offs_n).to(tl.float32)
+    return words, z, s
 
 
 @triton.jit
@@ -64,11 +75,14 @@ def gemv_kernel(
     x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr,
     M, N, K, stride_xm, stride_ym, blocks_per_split, base_bits,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUBTILES: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    PREFETCH: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     # SUBTILES = 2 splits the BLOCK_N columns into two tiles that share every activation load and
     # conversion: each thread then holds 4 columns instead of 2 (written out as two tiles because one
     # wider tile makes Triton pick a layout that sends the products through shared memory).
+    # PREFETCH issues the next block's loads before this block's arithmetic: the kernel is bound by
+    # the latency of its loads, not by issuing instructions, so more bytes in flight per thread pay.
     tl.static_assert(SUBTILES == 1 or SUBTILES == 2, "SUBTILES must be 1 or 2")
     SUB: tl.constexpr = BLOCK_N // SUBTILES
     pid_n = tl.program_id(0)
@@ -83,25 +97,39 @@ def gemv_kernel(
     n_blocks = tl.cdiv(K, 128)
     b_start = pid_k * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, n_blocks)
+    # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
+    GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
+    SLABS: tl.constexpr = 8 // GROUPS
 
     acc0 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
+    if PREFETCH:
+        nxt_w0, nxt_z0, nxt_s0 = _fetch(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n0, mask_n0, offs_j, GROUP, True)
+        nxt_w1, nxt_z1, nxt_s1 = nxt_w0, nxt_z0, nxt_s0  # unused with one subtile
+        if SUBTILES == 2:
+            nxt_w1, nxt_z1, nxt_s1 = _fetch(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n1, mask_n1, offs_j,
+                                            GROUP, True)
     for b in range(b_start, b_end):
-        words0 = _load_words(qw_ptr, b, N, offs_n0, mask_n0, offs_j, EVEN_N)  # (1, SUB, 4, 4)
+        if PREFETCH:
+            words0, z0, s0, words1, z1, s1 = nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1
+            nxt_w0, nxt_z0, nxt_s0 = _fetch(qw_ptr, z_ptr, s_ptr, b + 1, b_end, N, offs_n0, mask_n0, offs_j, GROUP, True)
+            if SUBTILES == 2:
+                nxt_w1, nxt_z1, nxt_s1 = _fetch(qw_ptr, z_ptr, s_ptr, b + 1, b_end, N, offs_n1, mask_n1, offs_j, GROUP, True)
+        else:
+            words0, z0, s0 = _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n0, mask_n0, offs_j, GROUP, not EVEN_N)
+            if SUBTILES == 2:
+                words1, z1, s1 = _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n1, mask_n1, offs_j, GROUP, not EVEN_N)
         high0 = high_word(words0)
         if SUBTILES == 2:
-            words1 = _load_words(qw_ptr, b, N, offs_n1, mask_n1, offs_j, EVEN_N)
             high1 = high_word(words1)
-        # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
-        GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
-        SLABS: tl.constexpr = 8 // GROUPS
         for g in tl.static_range(GROUPS):
-            group = (b * 128 + 16 * SLABS * g) // GROUP
-            z0, s0 = _load_group(z_ptr, s_ptr, group, offs_n0, mask_n0, N, EVEN_N)  # (1, SUB, 1, 1) each
+            if g > 0:
+                group = (b * 128 + 16 * SLABS * g) // GROUP
+                z0, s0 = _load_group(z_ptr, s_ptr, group, offs_n0, mask_n0, N, EVEN_N)  # (1, SUB, 1, 1) each
+                if SUBTILES == 2:
+                    z1, s1 = _load_group(z_ptr, s_ptr, group, offs_n1, mask_n1, N, EVEN_N)
             part0 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
-            if SUBTILES == 2:
-                z1, s1 = _load_group(z_ptr, s_ptr, group, offs_n1, mask_n1, N, EVEN_N)
-                part1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
+            part1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
             for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
                 xv = _load_x(x_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, EVEN_K)  # (BM, 1, 4, 4)
                 part0 += xv * _minus_zero(words0, high0, z0, base_bits, i)  # (BM, SUB, 4, 4)
@@ -154,6 +182,7 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
         x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y,
         m, n, k, x.stride(0), y.stride(0), blocks_per_split, FLOAT_2_23_BITS,
         GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n, SUBTILES=config.subtiles,
+        PREFETCH=config.prefetch,
         HAS_BIAS=bias is not None, ATOMIC=atomic, EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
