@@ -8,25 +8,26 @@
 # filling Triton's disk cache; the timing run that follows is a single process on a quiet GPU.
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
-J=${J:-10}
+J=${J:-14}
+T=${T:-1}  # scales every phase time limit
 B=benchmarks/kernels.py
 mkdir -p "$OUT" /tmp/check
 phase() { echo "=== $(date +%T) $*"; }
 
 phase "correctness on the device, $J processes"
-for i in $(seq 0 $((J - 1))); do timeout 70 python3 $B --check-only --part $i/$J --out /tmp/check > /tmp/check/log_$i 2>&1 & done
+for i in $(seq 0 $((J - 1))); do timeout $((50 * T)) python3 $B --check-only --part $i/$J --out /tmp/check > /tmp/check/log_$i 2>&1 & done
 wait
 grep -h "correctness\|FAILED" /tmp/check/log_*
 
-phase "GEMV candidates: compile in $J processes, then tune M = 1, 2, 4"
-for i in $(seq 0 $((J - 1))); do timeout 50 python3 $B --autotune --warm-only --kinds gemv --ms 1,2,4 --part $i/$J > /dev/null 2>&1 & done
+phase "GEMV candidates: compile in $J processes, then tune M = ${GEMV_MS:-1,2,4}"
+for i in $(seq 0 $((J - 1))); do timeout $((35 * T)) python3 $B --autotune --warm-only --kinds gemv --ms ${GEMV_MS:-1,2,4} --part $i/$J > /dev/null 2>&1 & done
 wait
-timeout 80 python3 $B --autotune --no-check --kinds gemv --ms 1,2,4 --out "$OUT/tune" | grep -v "^skip"
+timeout $((40 * T)) python3 $B --autotune --no-check --kinds gemv --ms ${GEMV_MS:-1,2,4} --out "$OUT/tune" | grep -v "^skip"
 
 phase "benchmark: compile in $J processes, then time"
-for i in $(seq 0 $((J - 1))); do timeout 70 python3 $B --warm-only --part $i/$J > /dev/null 2>&1 & done
+for i in $(seq 0 $((J - 1))); do timeout $((45 * T)) python3 $B --warm-only --part $i/$J > /dev/null 2>&1 & done
 wait
-timeout 130 python3 $B --check-from /tmp/check --tag 7b_70b --out "$OUT" | grep -v "^\(7b\|70b\)"
+timeout $((75 * T)) python3 $B --check-from /tmp/check --tag 7b_70b --out "$OUT" | grep -v "^\(7b\|70b\)"
 python3 - "$OUT" <<'PY'
 import json, sys, glob
 for path in glob.glob(sys.argv[1] + "/kernels_*.json"):
@@ -36,6 +37,8 @@ for path in glob.glob(sys.argv[1] + "/kernels_*.json"):
               f"gl {r.get('gemlite_us', float('nan')):7.1f} floor {r['floor_us']:5.1f} | {alt}")
 PY
 
-phase "whole model"
-timeout 70 python3 benchmarks/model_on_gpu.py --out "$OUT" | tail -9
+if [ "${MODEL:-1}" = 1 ]; then
+  phase "whole model"
+  timeout $((70 * T)) python3 benchmarks/model_on_gpu.py --out "$OUT" | tail -9
+fi
 phase "done"
