@@ -314,7 +314,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                 fastest["dequant_cublas"] = time_ring(lambda xx, ww: dequant_matmul(xx, ww, None), ring, x, replays=5)
             for kind, cands, fn, tuned in (
                 ("gemv", gemv_candidates(m, n, k) if m <= 4 else [], gemv, "gemv" in kinds),
-                ("gemm", gemm_candidates(m, n, k) if 2 <= m <= 256 else [], gemm, "gemm" in kinds),
+                ("gemm", gemm_candidates(m, n, k) if m <= 256 else [], gemm, "gemm" in kinds),
             ):
                 entry = entries.get(configs.config_key(kind, n, k, m))
                 if not tuned:
