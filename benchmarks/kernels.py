@@ -3,6 +3,10 @@
     python benchmarks/kernels.py                 # check, then benchmark -> benchmarks/results/kernels_<gpu>.json
     python benchmarks/kernels.py --autotune      # check, then tune -> triton_kernels/configs/<gpu>.json
     python benchmarks/kernels.py --autotune --kinds gemv --ms 1,2,4   # retune a part; keeps the other entries
+
+--autotune times every candidate config of each kernel at each (shape, M) and keeps the fastest; it
+also records, per (shape, M bucket), which kernel was fastest ("dispatch/..." entries), which
+`dispatch.select_kernel` then follows on that GPU.
     python benchmarks/kernels.py --check-only
 
 Timing: every variant runs over a ring of distinct layers whose weights total more than 4x the L2
@@ -22,6 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,19 +49,29 @@ REPLAYS = 15
 
 
 # ----------------------------------------------------------------------------------------- correctness
-def check_correctness() -> list[dict]:
+def in_part(index: int, part: tuple[int, int]) -> bool:
+    """Work item `index` belongs to part i of n (`--part i/n`: parallel processes share the compiling)."""
+    return index % part[1] == part[0]
+
+
+def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
     """The tests' comparisons on the real device: every kernel, group size, dtype, ragged M and K."""
     rows = []
     cases = [(1024, 768, 128), (1024, 768, 64), (1024, 768, 32), (1152, 520, -1), (4224, 1032, 128)]
     kernels = {
         "gemv": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=4, max_m=8)),
-        "gemv_fold_zero": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=4, max_m=8, fold_zero=True)),
+        "gemv_subtiles": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=128, split_k=2, max_m=8, subtiles=2)),
+        "gemv_prefetch": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=3, max_m=8, prefetch=True)),
+        "gemv_subtiles_prefetch": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=128, split_k=1, max_m=8, subtiles=2, prefetch=True)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
+        "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
-    for dtype in (torch.float16, torch.bfloat16):
-        for k, n, group in cases:
+    work = [(dtype, case) for dtype in (torch.float16, torch.bfloat16) for case in cases]
+    for index, (dtype, (k, n, group)) in enumerate(work):
+        if in_part(index, part):
             layer = random_awq_layer(k, n, group, dtype, device="cuda", seed=k + n + (group % 97))
             w = prepare(layer.qweight, layer.qzeros, layer.scales, group)
             for m in (1, 3, 8, 17, 100, 300):
@@ -69,13 +85,28 @@ def check_correctness() -> list[dict]:
                     err = relative_error(y, ref)
                     ok = bool(y.shape == (m, n) and torch.isfinite(y).all() and err < RTOL)
                     rows.append(dict(kernel=name, dtype=str(dtype), k=k, n=n, group=group, m=m, err=err, ok=ok))
+    report_check(rows, part)
+    return rows
+
+
+def report_check(rows: list[dict], part: tuple[int, int] = (0, 1)) -> None:
     bad = [r for r in rows if not r["ok"]]
-    print(f"correctness: {len(rows) - len(bad)}/{len(rows)} comparisons under {RTOL}; worst error "
-          f"{max(r['err'] for r in rows):.2e}")
+    print(f"correctness (part {part[0]}/{part[1]}): {len(rows) - len(bad)}/{len(rows)} comparisons under {RTOL}; "
+          f"worst error {max((r['err'] for r in rows), default=float('nan')):.2e}")
     if bad:
         for r in bad[:20]:
             print("FAILED", r)
         raise SystemExit(f"GPU correctness check FAILED for {len(bad)} comparisons")
+
+
+def load_check_parts(folder: Path) -> list[dict]:
+    """The rows of `--check-only --part i/n --out folder` runs; every part of the n must be there."""
+    parts = sorted(folder.glob("check_part_*_of_*.json"))
+    assert parts, f"no check_part_*.json in {folder}"
+    n = int(parts[0].stem.rsplit("_", 1)[1])
+    assert len(parts) == n, f"{folder} holds {len(parts)} of the {n} check parts"
+    rows = [r for p in parts for r in json.loads(p.read_text())]
+    report_check(rows)
     return rows
 
 
@@ -85,11 +116,19 @@ def l2_bytes() -> int:
 
 
 def ring_length(layer_bytes: int) -> int:
+    if WARM_ONLY:
+        return 1
     return max(2, math.ceil(4 * l2_bytes() / layer_bytes))
+
+
+WARM_ONLY = False  # --warm-only: run each variant once (compiling it into Triton's disk cache), time nothing
 
 
 def time_ring(fn, ring: list, x: torch.Tensor, replays: int = REPLAYS) -> float:
     """Median microseconds per layer of `fn(x, layer)` over the ring, replayed from one CUDA graph."""
+    if WARM_ONLY:
+        fn(x, ring[0])
+        return float("nan")
     for layer in ring[:2]:
         fn(x, layer)  # compile / autotune outside the capture
     torch.cuda.synchronize()
@@ -173,20 +212,71 @@ def gemlite_ring(n: int, k: int, count: int) -> list | None:
     return ring
 
 
+# ----------------------------------------------------------------------------------------- diagnosis
+@triton.jit
+def _stream_words_kernel(qw_ptr, y_ptr, N, blocks_per_split, n_blocks, BLOCK_N: tl.constexpr):
+    """Reads the packed words exactly as the GEMV tiles them and grids them, with one XOR per word:
+    the time the GEMV would take if its arithmetic were free."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N))[:, None, None]  # (BN, 1, 1)
+    offs_j = (tl.arange(0, 4)[:, None] * 4 + tl.arange(0, 4)[None, :])[None, :, :]  # (1, 4, 4)
+    acc = tl.zeros((BLOCK_N, 4, 4), dtype=tl.int32)
+    b_start = pid_k * blocks_per_split
+    for b in range(b_start, tl.minimum(b_start + blocks_per_split, n_blocks)):
+        acc ^= tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j)
+    folded = tl.sum(tl.sum(acc, axis=2), axis=1)  # (BN,)
+    tl.atomic_xor(y_ptr + pid_n * BLOCK_N + tl.arange(0, BLOCK_N), folded)
+
+
+def diagnose_gemv(shapes: dict) -> list[dict]:
+    """M=1: the tuned GEMV against a kernel that only streams its words with the same tiles and grid."""
+    name = torch.cuda.get_device_name(0)
+    bw = copy_bandwidth()
+    rows = []
+    for shape, (n, k) in shapes.items():
+        w0 = random_prepared(n, k)
+        ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
+        x = torch.randn((1, k), device="cuda", dtype=torch.float16)
+        cfg = configs.gemv_config(name, n, k, 1, torch.cuda.get_device_properties(0).multi_processor_count)
+        n_blocks = w0.padded_in_features // 128
+        per_split = triton.cdiv(n_blocks, max(1, min(cfg.split_k, n_blocks)))
+        out = torch.zeros(triton.cdiv(n, cfg.block_n) * cfg.block_n, dtype=torch.int32, device="cuda")
+        grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(n_blocks, per_split))
+
+        def stream(xx, ww):
+            _stream_words_kernel[grid](ww.qweight, out, n, per_split, n_blocks, BLOCK_N=cfg.block_n,
+                                       num_warps=cfg.num_warps)
+
+        row = dict(shape=shape, n=n, k=k, config=configs.as_entry(cfg), floor_us=floor_bytes(1, n, k) / bw * 1e6,
+                   gemv_us=time_ring(lambda xx, ww: gemv(xx, ww, None, cfg), ring, x),
+                   stream_words_us=time_ring(stream, ring, x))
+        rows.append(row)
+        print(f"diagnose {shape:12s} floor {row['floor_us']:6.1f} us, words streamed alone {row['stream_words_us']:6.1f} us,"
+              f" gemv {row['gemv_us']:6.1f} us  ({cfg})", flush=True)
+        del ring, w0
+        torch.cuda.empty_cache()
+    return rows
+
+
 # ----------------------------------------------------------------------------------------- autotune
+# GEMV tiles: (block_n, subtiles, num_warps). Each thread holds 2 columns per subtile (see gemv.py).
+GEMV_TILES = ((64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
+# GEMM tiles: (block_n, num_warps); block_m follows M.
+GEMM_TILES = ((64, 4), (128, 8), (256, 8))
+SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
+
+
 def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
     blocks = -(-k // 128)
     out = []
-    for block_n in (32, 64, 128, 256):
-        for warps in (2, 4, 8):
-            if block_n * 16 * configs.bucket_m(m) // (32 * warps) > 64:  # accumulator registers per thread
-                continue
-            for split in (1, 2, 4, 8, 16, 32):
-                programs = -(-n // block_n) * split
-                if split <= blocks and 132 <= programs <= 132 * 12:
-                    for fold in (True, False):
-                        out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2,
-                                              max_m=8, fold_zero=fold))
+    for block_n, subtiles, warps in GEMV_TILES:
+        for split in (1, 2, 4, 8, 16):
+            programs = -(-n // block_n) * split
+            if split <= blocks and (split == 1 or programs <= SMS * 16):
+                for prefetch in (False, True):
+                    out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
+                                          subtiles=subtiles, prefetch=prefetch))
     return out
 
 
@@ -194,66 +284,96 @@ def gemm_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
     blocks = -(-k // 128)
     out = []
     for block_m in sorted({min(max(16, configs.bucket_m(m)), 128), min(max(16, configs.bucket_m(m) // 2), 128)}):
-        for block_n in (64, 128, 256):
-            warps = 4 if block_m * block_n <= 64 * 128 else 8
+        for block_n, warps in GEMM_TILES:
             tiles = -(-m // block_m) * -(-n // block_n)
             for split in (1, 2, 4, 8):
-                if split <= blocks // 2 and (split == 1 or tiles * split <= 132 * 4):
+                if split <= blocks // 2 and (split == 1 or tiles * split <= SMS * 8):
                     out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps, num_stages=3))
     return out
 
 
-def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple) -> None:
-    """Tune `kinds` at `ms` on `shapes`; entries tuned before for other (kernel, shape, M) are kept."""
+def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple, part=(0, 1)) -> None:
+    """Tune `kinds` at `ms` on `shapes`; entries tuned before for other (kernel, shape, M) are kept.
+
+    A fused kernel that is not being tuned but has an entry for (shape, M) is timed with that entry, so
+    that the dispatch entry still compares every kernel. With WARM_ONLY, only the candidates of this
+    `part` run, once each (compiling them), and nothing is written."""
     name = torch.cuda.get_device_name(0)
     entries: dict[str, dict] = dict(configs.load_table(name))
     log = []
     meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "group_size": GROUP,
             "note": "written by benchmarks/kernels.py --autotune; fp16 activations, ring-of-layers CUDA-graph timing"}
+    work_index = -1
     for shape, (n, k) in shapes.items():
         w0 = random_prepared(n, k)
         ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
         for m in ms:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
-            for kind, cands, fn in (
-                ("gemv", gemv_candidates(m, n, k) if m <= 8 and "gemv" in kinds else [], gemv),
-                ("gemm", gemm_candidates(m, n, k) if m >= 2 and "gemm" in kinds else [], gemm),
+            fastest = {}  # kernel -> microseconds, for the dispatch entry
+            if m >= 64 and "dequant_cublas" in kinds and not WARM_ONLY:
+                fastest["dequant_cublas"] = time_ring(lambda xx, ww: dequant_matmul(xx, ww, None), ring, x, replays=5)
+            for kind, cands, fn, tuned in (
+                ("gemv", gemv_candidates(m, n, k) if m <= 4 else [], gemv, "gemv" in kinds),
+                ("gemm", gemm_candidates(m, n, k) if m <= 256 else [], gemm, "gemm" in kinds),
             ):
-                best = None
+                entry = entries.get(configs.config_key(kind, n, k, m))
+                if not tuned:
+                    if cands and entry and not WARM_ONLY:
+                        fastest[kind] = time_ring(lambda xx, ww, c=type(cands[0])(**entry), f=fn: f(xx, ww, None, c),
+                                                  ring, x, replays=5)
+                    continue
+                best, tried = None, []
                 for cfg in cands:
+                    work_index += 1
+                    if WARM_ONLY and not in_part(work_index, part):
+                        continue
                     try:
                         t = time_ring(lambda xx, ww, c=cfg, f=fn: f(xx, ww, None, c), ring, x, replays=5)
                     except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: skip the config
                         print(f"skip {kind} {cfg}: {type(exc).__name__}")
                         continue
+                    tried.append(dict(configs.as_entry(cfg), us=t))
                     if best is None or t < best[0]:
                         best = (t, cfg)
-                if best:
+                if best and not WARM_ONLY:
+                    fastest[kind] = best[0]
                     entries[configs.config_key(kind, n, k, m)] = configs.as_entry(best[1])
-                    log.append(dict(shape=shape, m=m, kernel=kind, us=best[0], config=configs.as_entry(best[1])))
+                    log.append(dict(shape=shape, m=m, kernel=kind, us=best[0], config=configs.as_entry(best[1]),
+                                    tried=tried))
                     print(f"{shape:12s} M={m:5d} {kind}: {best[0]:8.1f} us {best[1]}", flush=True)
+            log.append(dict(shape=shape, m=m, fastest=fastest))
+            if len(fastest) > 1:
+                winner = min(fastest, key=fastest.get)
+                reason = "measured (us): " + ", ".join(f"{kk} {v:.1f}" for kk, v in sorted(fastest.items(), key=lambda t: t[1]))
+                entries[configs.config_key("dispatch", n, k, m)] = dict(kernel=winner, reason=reason)
+                print(f"{shape:12s} M={m:5d} dispatch -> {winner}: {reason}", flush=True)
         del ring, w0
         torch.cuda.empty_cache()
+        if WARM_ONLY:
+            continue
         path = configs.save_table(name, entries, meta)  # after every shape: a run cut short keeps its work
         if out_path:
             out_path.mkdir(parents=True, exist_ok=True)
             (out_path / path.name).write_text(path.read_text())
             (out_path / "autotune_log.json").write_text(json.dumps(log, indent=1))
+    if WARM_ONLY:
+        print(f"warmed autotune part {part[0]}/{part[1]}")
+        return
     print("wrote", path)
-    if out_path:
-        out_path.mkdir(parents=True, exist_ok=True)
-        (out_path / path.name).write_text(path.read_text())
-        (out_path / "autotune_log.json").write_text(json.dumps(log, indent=1))
 
 
 # ----------------------------------------------------------------------------------------- benchmark
-def benchmark(shapes: dict, ms: tuple, save) -> dict:
+def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
+    """Time every (shape, M); with WARM_ONLY, run this `part`'s (shape, M) variants once each (compiling)."""
     name = torch.cuda.get_device_name(0)
     cap = torch.cuda.get_device_capability(0)
-    bw = copy_bandwidth()
+    bw = float("nan") if WARM_ONLY else copy_bandwidth()
     print(f"{name}: copy bandwidth {bw / 1e12:.2f} TB/s (read + write), L2 {l2_bytes() / 2**20:.0f} MiB", flush=True)
     results = []
+    work = [(shape, m) for shape in shapes for m in ms]
     for shape, (n, k) in shapes.items():
+        if WARM_ONLY and not any(in_part(work.index((shape, m)), part) for m in ms):
+            continue
         w0 = random_prepared(n, k)
         ours = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
         fp16 = [torch.randn((n, k), device="cuda", dtype=torch.float16) for _ in range(ring_length(2 * n * k))]
@@ -263,14 +383,19 @@ def benchmark(shapes: dict, ms: tuple, save) -> dict:
             print(f"gemlite failed to build: {exc!r}")
             glite = None
         for m in ms:
+            if WARM_ONLY and not in_part(work.index((shape, m)), part):
+                continue
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
-            choice = select_kernel(m, n, k, cap)
+            choice = select_kernel(m, n, k, cap, name)
             row = dict(shape=shape, n=n, k=k, m=m, dispatched=choice.value)
             row["fp16_us"] = time_ring(lambda xx, ww: F.linear(xx, ww), fp16, x)
             for kernel in (KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.DEQUANT_CUBLAS):
-                if kernel is KernelChoice.GEMV and m > 8:
-                    continue
-                if kernel is KernelChoice.DEQUANT_CUBLAS and m < 64:
+                # The dispatched kernel, plus the alternatives where the choice is close: GEMV vs GEMM at
+                # M <= 4 (the single-query question), GEMM vs dequant+cuBLAS from M = 64.
+                alternatives = {KernelChoice.GEMV: m <= 4, KernelChoice.GEMM: m <= 4 or m >= 64,
+                                KernelChoice.DEQUANT_CUBLAS: m >= 64}
+                wanted = kernel is choice or alternatives[kernel]
+                if not wanted:
                     continue
                 row[f"{kernel.value}_us"] = time_ring(lambda xx, ww, kk=kernel: w4a16_linear(xx, ww, kernel=kk), ours, x)
             row["ours_us"] = row[f"{choice.value}_us"]
@@ -284,6 +409,8 @@ def benchmark(shapes: dict, ms: tuple, save) -> dict:
             row["speedup_vs_fp16"] = row["fp16_us"] / row["ours_us"]
             if "gemlite_us" in row:
                 row["speedup_vs_gemlite"] = row["gemlite_us"] / row["ours_us"]
+            if WARM_ONLY:
+                continue
             results.append(row)
             print(format_row(row), flush=True)
             save(dict(gpu=name, capability=list(cap), copy_bandwidth_Bps=bw, l2_bytes=l2_bytes(), rows=results))
@@ -305,27 +432,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autotune", action="store_true", help="tune configs and write triton_kernels/configs/<gpu>.json")
     parser.add_argument("--check-only", action="store_true")
+    parser.add_argument("--no-check", action="store_true", help="skip the correctness check (e.g. when tuning)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="M=1: time the tuned GEMV against streaming its words alone (what limits it)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--ms", default=",".join(map(str, MS)))
-    parser.add_argument("--kinds", default="gemv,gemm", help="kernels --autotune tunes (others keep their entries)")
+    parser.add_argument("--kinds", default="gemv,gemm,dequant_cublas",
+                        help="kernels --autotune tunes or times (others keep their entries)")
     parser.add_argument("--out", type=Path, default=None, help="also copy result files here")
+    parser.add_argument("--part", default="0/1", help="i/n: with --check-only or --warm-only, do every n-th item from i")
+    parser.add_argument("--warm-only", action="store_true",
+                        help="run this part's variants once (fills Triton's disk cache for a later timing run)")
+    parser.add_argument("--check-from", type=Path, default=None,
+                        help="take the correctness rows from `--check-only --part i/n --out DIR` runs in DIR")
     parser.add_argument("--tag", default="", help="suffix of the result file name: kernels_<gpu>[_<tag>].json")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    global WARM_ONLY
+    WARM_ONLY = args.warm_only
+    part = tuple(int(v) for v in args.part.split("/"))
+    assert len(part) == 2 and 0 <= part[0] < part[1], f"--part must be i/n with 0 <= i < n, got {args.part}"
     t0 = time.time()
-    check = check_correctness()
+    if args.check_from is not None:
+        check = load_check_parts(args.check_from)
+    else:
+        check = [] if args.no_check or args.warm_only else check_correctness(part)
     if args.check_only:
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"check_part_{part[0]}_of_{part[1]}.json").write_text(json.dumps(check))
         return
     shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
     if args.autotune:
-        autotune(args.out, tuple(args.kinds.split(",")), shapes, tuple(int(m) for m in args.ms.split(",")))
+        autotune(args.out, tuple(args.kinds.split(",")), shapes, tuple(int(m) for m in args.ms.split(",")), part)
+        return
+    if args.warm_only:
+        benchmark(shapes, tuple(int(m) for m in args.ms.split(",")), lambda data: None, part)
+        print(f"warmed benchmark part {part[0]}/{part[1]}")
+        return
+    if args.diagnose:
+        rows = diagnose_gemv(shapes)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "diagnose_gemv.json").write_text(json.dumps(dict(command="python " + " ".join(sys.argv), rows=rows), indent=1))
         return
     tag = configs.gpu_file_name(torch.cuda.get_device_name(0))[: -len(".json")] + (f"_{args.tag}" if args.tag else "")
     path = Path(__file__).resolve().parent / "results" / f"kernels_{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = dict(command="python " + " ".join(sys.argv), torch=torch.__version__,
                  triton=__import__("triton").__version__, group_size=GROUP,
-                 correctness=dict(comparisons=len(check), worst_error=max(r["err"] for r in check), rtol=RTOL))
+                 correctness=dict(comparisons=len(check), worst_error=max((r["err"] for r in check), default=None),
+                                 rtol=RTOL))
 
     def save(data: dict) -> None:  # after every row, so a run cut short keeps what it measured
         data = {**extra, **data, "seconds": time.time() - t0}

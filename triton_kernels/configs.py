@@ -24,9 +24,10 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 2
     max_m: int = 8  # largest M (power of two) the register tile is sized for
-    # Subtract z * sum(x) once per group instead of z from every weight (fewer registers; see gemv.py);
-    # it won only on 4096x4096 at M<=2 on the H100, so the default keeps the per-weight zero.
-    fold_zero: bool = False
+    # 2: the block_n columns are two tiles sharing each activation load (4 columns per thread, see gemv.py)
+    subtiles: int = 1
+    # Issue the next block's loads before this block's arithmetic (more bytes in flight per thread)
+    prefetch: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,24 +10,26 @@ import torch
 import triton
 import triton.language as tl
 
+from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
 from .prepare import PACK_K, PreparedWeight
 
 
 @triton.jit
-def dequant_kernel(qw_ptr, z_ptr, s_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+def dequant_kernel(qw_ptr, z_ptr, s_ptr, w_ptr, N, K, base_bits, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(0)  # 128-row block of K
     pid_n = tl.program_id(1)
     offs_j = tl.arange(0, 16)[:, None]  # (16, 1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]  # (1, BN)
     mask_n = offs_n < N
     words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j, mask=mask_n, other=0)  # (16, BN)
+    high = high_word(words)
     for i in tl.static_range(8):
         k = b * 128 + 16 * i + offs_j  # (16, 1)
         group = (b * 128 + 16 * i) // GROUP
         z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (1, BN)
         s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (1, BN)
-        q = (words >> (4 * i)) & 0xF  # (16, BN)
-        w = ((q - z).to(tl.float32) * s).to(w_ptr.dtype.element_ty)
+        q_minus_z = nibble_float(words, high, base_bits, i) - zero_float(z, base_bits, i)  # (16, BN), exact
+        w = (q_minus_z * s).to(w_ptr.dtype.element_ty)
         tl.store(w_ptr + k * N + offs_n, w, mask=mask_n & (k < K))
 
 
@@ -36,7 +38,9 @@ def dequantize(weight: PreparedWeight, block_n: int = 128) -> torch.Tensor:
     k, n = weight.in_features, weight.out_features
     w = torch.empty((k, n), device=weight.device, dtype=weight.dtype)
     grid = (weight.padded_in_features // PACK_K, triton.cdiv(n, block_n))
-    dequant_kernel[grid](weight.qweight, weight.zeros, weight.scales, w, n, k, GROUP=weight.group_size, BLOCK_N=block_n)
+    dequant_kernel[grid](
+        weight.qweight, weight.zeros, weight.scales, w, n, k, FLOAT_2_23_BITS, GROUP=weight.group_size, BLOCK_N=block_n
+    )
     return w
 
 

@@ -1,13 +1,19 @@
 """Which kernel runs a W4A16 linear of a given shape: one function over one named table.
 
-The table's thresholds come from `benchmarks/kernels.py` on an H100 (results in
-`benchmarks/results/kernels_<gpu>*.json`); each rule says why it is there.
+`select_kernel` looks first for a measured choice for this GPU, layer shape and M bucket in the
+shipped per-GPU JSON (`configs/<gpu>.json`, "dispatch/..." entries written by
+`benchmarks/kernels.py --autotune`: the fastest of the candidate kernels, with its timings as the
+reason); failing that, `DISPATCH_TABLE` decides by M alone. The table's thresholds come from the
+same benchmark on an H100 (results in `benchmarks/results/kernels_<gpu>*.json`); each rule says
+why it is there.
 """
 from __future__ import annotations
 
 import enum
 import logging
 from dataclasses import dataclass
+
+from . import configs
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +36,16 @@ class Rule:
 
 DISPATCH_TABLE: tuple[Rule, ...] = (
     Rule(2, KernelChoice.GEMV,
-         "M<=2: CUDA-core GEMV beat the tensor-core GEMM on 6 of 7 shapes at M=1 and M=2 on the H100 "
-         "(e.g. 12288x4096 M=1: 21 us vs 35 us), since GEMM pads M to 16"),
+         "M<=2: the CUDA-core GEMV beat the tensor-core GEMM (which pads M to 16) on the wide layers at M=1 "
+         "on the H100 (12288x4096: 22.0 vs 23.2 us, 28672x8192: 66.2 vs ~90 us); narrow layers have measured "
+         "entries that pick the GEMM (4096x4096: 10.8 vs 17.6 us)"),
     Rule(128, KernelChoice.GEMM,
-         "2<M<=128: GEMV's M FMAs per weight make it ALU-bound from M=4 (12288x4096 M=8: 76 us vs GEMM 30 us); "
-         "the fused GEMM reads 4-bit weights once per M tile and beat dequant+cuBLAS up to M=128 on most shapes"),
+         "2<M<=128: the GEMV pays one FFMA and one activation conversion per weight and row, so from M=4 the "
+         "fused GEMM (one dequantisation per weight per M tile, tensor cores) wins (12288x4096 M=4: 24.3 vs "
+         "35.8 us); it also beat dequant+cuBLAS up to M=64 everywhere and to M=128 on most shapes"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
          "M>128: compute-bound; the fused loop's in-register dequantisation stalls the tensor cores "
-         "(12288x4096 M=256: GEMM 141 us vs dequant+cuBLAS 91 us), so write the fp16 weight once and call cuBLAS"),
+         "(12288x4096 M=256: GEMM 161 us vs dequant+cuBLAS 89 us), so write the fp16 weight once and call cuBLAS"),
 )
 
 _notified = False
@@ -50,8 +58,21 @@ def _notify_torch_fallback(why: str) -> None:
         _notified = True
 
 
-def select_kernel(m: int, n: int, k: int, device_capability: tuple[int, int] | None) -> KernelChoice:
-    """The kernel for an (M, K) x (K, N) W4A16 product on a device of this capability (None: no CUDA)."""
+def measured_choice(gpu_name: str | None, n: int, k: int, m: int) -> KernelChoice | None:
+    """The kernel measured fastest on this GPU for this shape and M bucket, if the shipped JSON has one."""
+    if gpu_name is None:
+        return None
+    entry = configs.load_table(gpu_name).get(configs.config_key("dispatch", n, k, m))
+    return KernelChoice(entry["kernel"]) if entry else None
+
+
+def select_kernel(
+    m: int, n: int, k: int, device_capability: tuple[int, int] | None, gpu_name: str | None = None
+) -> KernelChoice:
+    """The kernel for an (M, K) x (K, N) W4A16 product on a device of this capability (None: no CUDA).
+
+    `gpu_name` (e.g. "NVIDIA H100 80GB HBM3") enables the measured per-shape choices of that GPU.
+    """
     assert m >= 1 and n >= 1 and k >= 1, f"bad shape M={m} N={n} K={k}"
     if device_capability is None:
         _notify_torch_fallback("no CUDA device")
@@ -59,6 +80,9 @@ def select_kernel(m: int, n: int, k: int, device_capability: tuple[int, int] | N
     if tuple(device_capability) < MIN_CAPABILITY:
         _notify_torch_fallback(f"compute capability {device_capability} < {MIN_CAPABILITY}")
         return KernelChoice.TORCH
+    measured = measured_choice(gpu_name, n, k, m)
+    if measured is not None:
+        return measured
     for rule in DISPATCH_TABLE:
         if m <= rule.max_m:
             return rule.choice

@@ -1,9 +1,12 @@
 """Fused int4-dequantize GEMM on the tensor cores (`tl.dot`), split over K for mid-sized M.
 
-Each 128-row block of K is one (BLOCK_N, 16) tile of packed words, loaded as its (16, BLOCK_N)
-transpose; nibble i is the (16, BLOCK_N) slab of K rows 16*i .. 16*i+15 (see `prepare.py`). The slab is dequantised in registers,
-`(q - z) * s` in float32 (rounded once to the activation dtype, like the reference), and fed as
-the B operand of a depth-16 `tl.dot` against the matching contiguous (BLOCK_M, 16) slice of x.
+Each 128-row block of K is one (BLOCK_N, 16) tile of packed words (a column's 16 words are
+contiguous, see `prepare.py`), loaded as its (16, BLOCK_N) transpose; nibble i of the tile is the
+(16, BLOCK_N) slab of K rows 16 i .. 16 i + 15. A slab is dequantised in registers to the exact
+small integers q - z (one LOP3 and one FADD per weight, `nibbles.py`), rounded to fp16 / bf16
+without loss, and fed as the B operand of a depth-16 `tl.dot` against the matching (BLOCK_M, 16)
+slice of x. The scale multiplies the float32 partial product once per group and column instead
+of every weight.
 Pure `tl`: no inline assembly, so the same code runs under `TRITON_INTERPRET=1`.
 """
 from __future__ import annotations
@@ -14,30 +17,34 @@ import torch
 import triton
 import triton.language as tl
 
-from .splitk import split_output as _output
 from .configs import GemmConfig
+from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
 from .prepare import PACK_K, PreparedWeight
+from .splitk import split_output as _output
 
 
 @triton.jit
-def _dequant_slab(words, i: tl.constexpr, zf, s, dtype: tl.constexpr, dot_dtype: tl.constexpr):
-    """Nibble slab `i` of (16, BN) words -> (16, BN) weights (q - z) * s rounded to `dtype`."""
-    q = (((words >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2**23 + q
-    return ((q - zf) * s).to(dtype).to(dot_dtype)
-
-
-@triton.jit
-def _group_rows(z_ptr, s_ptr, group, offs_n, mask_n, N):
-    """(1, BN) zero point as float32 2**23 + z, and (1, BN) scale as float32."""
+def _load_group(z_ptr, s_ptr, group, offs_n, mask_n, N):
+    """(1, BN) zero point (int32) and scale (float32) of one group."""
     z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)
     s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    return (z | 0x4B000000).to(tl.float32, bitcast=True), s
+    return z, s
+
+
+@triton.jit
+def _slab_dot(x_ptr, offs_m, mask_m, stride_xm, K, words, high, z, base_bits, b, i: tl.constexpr,
+              offs_k, dot_dtype: tl.constexpr):
+    """(BM, BN) float32 product of x's 16 columns of slab `i` with that slab's exact q - z."""
+    k = b * 128 + 16 * i + offs_k  # (1, 16)
+    xs = tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m & (k < K), other=0.0).to(dot_dtype)  # (BM, 16)
+    w = (nibble_float(words, high, base_bits, i) - zero_float(z, base_bits, i)).to(dot_dtype)  # (16, BN), exact
+    return tl.dot(xs, w)
 
 
 @triton.jit
 def gemm_kernel(
     x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr,
-    M, N, K, stride_xm, stride_ym, blocks_per_split,
+    M, N, K, stride_xm, stride_ym, blocks_per_split, base_bits,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, DOT_F32: tl.constexpr,
 ):
@@ -49,37 +56,37 @@ def gemm_kernel(
     pid_n = pid // tiles_m
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]  # (BM, 1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]  # (1, BN)
-    offs_jr = tl.arange(0, 16)[:, None]  # (16, 1): slab rows (words of one column)
-    offs_jc = tl.arange(0, 16)[None, :]  # (1, 16): slab columns of x
+    offs_j = tl.arange(0, 16)[:, None]  # (16, 1): word j of a column
+    offs_k = tl.arange(0, 16)[None, :]  # (1, 16): slab columns of x
     mask_m = offs_m < M
     mask_n = offs_n < N
-    dtype = x_ptr.dtype.element_ty
-    dot_dtype: tl.constexpr = tl.float32 if DOT_F32 else dtype
+    dot_dtype: tl.constexpr = tl.float32 if DOT_F32 else x_ptr.dtype.element_ty
     n_blocks = tl.cdiv(K, 128)
     b_start = pid_k * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, n_blocks)
+    # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
+    GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
+    SLABS: tl.constexpr = 8 // GROUPS
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for b in range(b_start, b_end):
-        words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_jr, mask=mask_n, other=0)  # (16, BN)
-        if GROUP % 128 == 0:
-            zf, s = _group_rows(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask_n, N)
-        for i in tl.static_range(8):
-            if GROUP % 128 != 0:
-                zf, s = _group_rows(z_ptr, s_ptr, (b * 128 + 16 * i) // GROUP, offs_n, mask_n, N)
-            k = b * 128 + 16 * i + offs_jc  # (1, 16)
-            a = tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m & (k < K), other=0.0).to(dot_dtype)  # (BM, 16)
-            w = _dequant_slab(words, i, zf, s, dtype, dot_dtype)  # (16, BN)
-            acc = tl.dot(a, w, acc)  # (BM, BN)
+        words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j, mask=mask_n, other=0)  # (16, BN)
+        high = high_word(words)
+        for g in tl.static_range(GROUPS):
+            z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * SLABS * g) // GROUP, offs_n, mask_n, N)
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
+                part += _slab_dot(x_ptr, offs_m, mask_m, stride_xm, K, words, high, z, base_bits, b, i, offs_k, dot_dtype)
+            acc += part * s
 
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc += bias * (pid_k == 0).to(tl.float32)
     y_ptrs = y_ptr + offs_m * stride_ym + offs_n
     if ATOMIC:
-        tl.atomic_add(y_ptrs, acc.to(dtype), mask=mask_m & mask_n)
+        tl.atomic_add(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
     else:
-        tl.store(y_ptrs, acc.to(dtype), mask=mask_m & mask_n)
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
 
 
 def _interpreter_bf16(x: torch.Tensor) -> bool:
@@ -103,7 +110,7 @@ def gemm(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split_k)
     gemm_kernel[grid](
         x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y,
-        m, n, k, x.stride(0), y.stride(0), blocks_per_split,
+        m, n, k, x.stride(0), y.stride(0), blocks_per_split, FLOAT_2_23_BITS,
         GROUP=weight.group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         HAS_BIAS=bias is not None, ATOMIC=atomic, DOT_F32=_interpreter_bf16(x),
         num_warps=config.num_warps, num_stages=config.num_stages,

@@ -33,6 +33,13 @@ def device_capability(device: torch.device) -> tuple[int, int] | None:
     return _device_info(device.index if device.index is not None else torch.cuda.current_device())[1]
 
 
+def device_name(device: torch.device) -> str | None:
+    """Name of a CUDA device (the key of its tuned configs), None for anything else."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return _device_info(device.index if device.index is not None else torch.cuda.current_device())[0]
+
+
 def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, kernel: KernelChoice) -> torch.Tensor:
     """x (M, K) -> (M, N) with the named kernel."""
     m, n, k = x.shape[0], weight.out_features, weight.in_features
@@ -89,7 +96,9 @@ def w4a16_linear(
         x2 = x2.contiguous()
     m = max(x2.shape[0], 1)
     if kernel is None:
-        kernel = select_kernel(m, weight.out_features, weight.in_features, device_capability(x.device))
+        kernel = select_kernel(
+            m, weight.out_features, weight.in_features, device_capability(x.device), device_name(x.device)
+        )
     if x2.shape[0] == 0:
         return x.new_empty((*lead, weight.out_features))
     y = torch.ops.awqflow.w4a16_linear(

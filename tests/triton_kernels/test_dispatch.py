@@ -35,3 +35,16 @@ def test_no_cuda_or_old_gpu_falls_back_to_torch_with_one_notice(caplog, monkeypa
         assert select_kernel(1, 64, 64, (7, 0)) is KernelChoice.TORCH
         assert select_kernel(1, 64, 64, (7, 5)) is not KernelChoice.TORCH
     assert len([r for r in caplog.records if "PyTorch reference" in r.getMessage()]) == 1
+
+
+def test_measured_per_shape_choice_overrides_the_table(monkeypatch):
+    """A "dispatch/..." entry of the GPU's tuned JSON wins for its shape and M bucket only."""
+    from triton_kernels import configs
+
+    table = {configs.config_key("dispatch", 4096, 4096, 2): {"kernel": "gemm", "reason": "measured"}}
+    monkeypatch.setattr(configs, "load_table", lambda name: table if name == "Some GPU" else {})
+    assert select_kernel(2, 4096, 4096, H100) is KernelChoice.GEMV  # no GPU name: the table
+    assert select_kernel(2, 4096, 4096, H100, "Some GPU") is KernelChoice.GEMM
+    assert select_kernel(2, 4096, 11008, H100, "Some GPU") is KernelChoice.GEMV  # other shape
+    assert select_kernel(8, 4096, 4096, H100, "Some GPU") is KernelChoice.GEMM  # other bucket: the table
+    assert select_kernel(1, 4096, 4096, None, "Some GPU") is KernelChoice.TORCH  # no CUDA: still the fallback
