@@ -154,3 +154,27 @@ def test_other_widths_take_the_torch_path():
     layer = GPTQLinear(256, 32, bias=False, w_bit=3, group_size=64)
     assert not layer._kernel_shape_ok()
     assert GPTQLinear(256, 32, bias=False, w_bit=4, group_size=64)._kernel_shape_ok()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("desc_act", [False, True])
+@pytest.mark.parametrize("rows", [1, 4, 33, 300])  # GEMV, GEMM and the dequantize + cuBLAS path by dispatch
+def test_4bit_gptq_on_cuda_matches_the_torch_path(desc_act, rows):
+    from awq_core.gptq import Hessian, gptq_quantize
+
+    torch.manual_seed(0)
+    linear = nn.Linear(1024, 512)
+    x = torch.randn(2048, 1024) @ torch.randn(1024, 1024) / 32
+    h = Hessian(1024)
+    h.add(x)
+    qw = gptq_quantize(linear.weight, h.value(), 4, 128, True, GPTQConfig(desc_act=desc_act)).weight
+    layer = GPTQLinear.from_linear(linear, qw).cuda()
+    inputs = torch.randn(rows, 1024, device="cuda", dtype=torch.float16)
+    layer.set_kernel("torch")
+    reference = layer(inputs)
+    layer.set_kernel("auto")
+    out = layer(inputs)
+    assert layer._prepared is not None, "auto on CUDA must take the kernels"
+    error = float((out.double() - reference.double()).norm() / reference.double().norm())
+    assert error < 2e-3, f"rows={rows}: relative error {error:.2e} against the torch path"
