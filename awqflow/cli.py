@@ -1,5 +1,5 @@
 """The `awqflow` command: quantize a model (a resumable Prefect flow), evaluate a checkpoint, resume
-and list runs.
+and list runs; `generate` and `chat` (awqflow/generation.py) run a quantized checkpoint.
 
 Errors print one line (what went wrong and what to change); `--debug` shows the traceback and
 Prefect's logs. Without `PREFECT_API_URL` the flow runs on a temporary local Prefect server.
@@ -16,6 +16,7 @@ from pathlib import Path
 from awq_core.config import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, CalibrationConfig, ClipConfig, Method, QuantConfig, Version
 from awq_core.evaluate import DEFAULT_EVAL_TEXTS, EvalSettings
 from awq_core.models import DEFAULT_MODEL, EMBEDDED_MODELS
+from awqflow.generation import add_generation_commands
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = commands.add_parser("runs", help="list run directories and their state")
     ls.add_argument("--root", type=Path, default=Path("runs"), help="directory holding the run directories")
+
+    add_generation_commands(commands)  # generate, chat: their handlers come with them
     return parser
 
 
@@ -201,7 +204,7 @@ def quiet_prefect() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"quantize": cmd_quantize, "eval": cmd_eval, "resume": cmd_resume, "runs": cmd_runs}[args.command]
+    handler = getattr(args, "handler", None) or {"quantize": cmd_quantize, "eval": cmd_eval, "resume": cmd_resume, "runs": cmd_runs}[args.command]
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a first start migrates its database
