@@ -73,3 +73,30 @@ def test_graphable_cache():
         model(prompt(), past_key_values=cache, use_cache=True)
     assert graphable_cache(cache)
     assert not graphable_cache(None)
+
+
+def load_benchmark():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "decode.py"
+    spec = importlib.util.spec_from_file_location("decode_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_benchmark_harness_decodes_what_generate_decodes(batch):
+    """The decode benchmark's own loop (static cache, explicit 4D masks, replayed steps) is greedy decoding."""
+    model, _ = quantized_pair("llama")
+    fuse_linears(model)
+    harness = load_benchmark().Harness(model, batch=batch, prompt=7, new_tokens=9, use_graphs=True)
+    tokens, _, _ = harness.run(9)
+    assert harness.step.step.replays == 9 - 2
+    expected = greedy(model, harness.prompt_ids, n=9)[:, 7:]
+    assert torch.equal(tokens, expected)
+    again, _, _ = harness.run(9)  # the cache is reset in place: the same step replays
+    assert torch.equal(again, expected) and harness.step.step.replays == (9 - 2) + (9 - 1), "no second capture"
