@@ -12,7 +12,8 @@ The harness, for each batch size: prefill a random prompt into a static KV cache
 token), then decode greedily, one token per step, each step replayed as a CUDA graph
 (`awq_core.decode.GraphedDecodeStep`; eager if capture fails, and the table says which). Each row is
 timed after a short warm-up run on the same cache (Triton compiles, the graph is captured). Peak
-memory is `torch.cuda.max_memory_allocated` over the timed run (weights included).
+memory is `torch.cuda.max_memory_allocated` over the row's warm-up and timed runs: weights (for W4
+also the kernels' repacked copy), KV cache, graph pool and prefill activations.
 
 The bandwidth floor of a decode step is the bytes it must read (every weight once, plus the live
 KV cache) divided by the measured device-to-device copy bandwidth (bytes read + written per second).
@@ -20,6 +21,7 @@ KV cache) divided by the measured device-to-device copy bandwidth (bytes read + 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import LlamaConfig, LlamaForCausalLM, StaticCache  # noqa: E402
 
 from awq_core.checkpoint import replace_linears  # noqa: E402
-from awq_core.decode import GraphedDecodeStep  # noqa: E402
+from awq_core.decode import GraphedDecodeStep, enable_fast_decode  # noqa: E402
 from awq_core.fused_linear import fuse_linears  # noqa: E402
 from awq_core.qlinear import WQLinear, set_kernel  # noqa: E402
 from awq_core.quantizer import quantize  # noqa: E402
@@ -49,6 +51,7 @@ SHAPES = {
 }  # fmt: skip
 GROUP_SIZE = 128
 WARMUP_TOKENS = 4  # enough to compile every kernel and capture the decode graph
+GENERATE_TOKENS = 64  # the generate() check: eager decoding of a 7B model is slow
 COPY_BYTES = 1 << 30  # copy-bandwidth probe: 1 GiB, far past the L2 cache
 
 
@@ -168,10 +171,13 @@ class Harness:
 
 
 def measure(model, label, kernel, batch, args, bandwidth, use_graphs=True) -> tuple[Row, torch.Tensor]:
+    device = next(model.parameters()).device
+    gc.collect()  # the previous row's cache and graph are garbage now: free them before this row's peak
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)  # the peak covers this row's cache, graph and prefill
     harness = Harness(model, batch, args.prompt, args.new_tokens, use_graphs)
     harness.run(WARMUP_TOKENS)
-    if harness.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(harness.device)
     tokens, ttft, decode = harness.run(args.new_tokens)
     steps = args.new_tokens - 1
     peak = torch.cuda.max_memory_allocated(harness.device) / 2**30 if harness.device.type == "cuda" else float("nan")
@@ -182,6 +188,34 @@ def measure(model, label, kernel, batch, args, bandwidth, use_graphs=True) -> tu
         peak, harness.step.graphed, 1e3 * floor, floor / per_step, harness.step.fallback_reason or "",
     )  # fmt: skip
     return row, tokens
+
+
+@torch.no_grad()
+def generate_check(model: nn.Module, prompt: int, new_tokens: int) -> dict:
+    """The user-facing path at batch 1: `generate()` with `enable_fast_decode` (static cache, graphed
+    decode steps) against the same static cache decoded eagerly, and the default dynamic cache."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(7)).to(device)
+    common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                  do_sample=False, pad_token_id=0)  # fmt: skip
+
+    def timed(**kwargs) -> tuple[torch.Tensor, float]:
+        model.generate(ids, **{**common, **kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up, capture
+        sync(device)
+        start = time.perf_counter()
+        tokens = model.generate(ids, **common, **kwargs)
+        sync(device)
+        return tokens, new_tokens / (time.perf_counter() - start)
+
+    dynamic, dynamic_rate = timed()
+    step = enable_fast_decode(model)
+    static, static_rate = timed(disable_compile=True)  # static cache, decode steps not handed to our step
+    fast, fast_rate = timed()
+    return dict(
+        new_tokens=new_tokens, dynamic_cache_tokens_per_s=dynamic_rate, static_cache_eager_tokens_per_s=static_rate,
+        fast_decode_tokens_per_s=fast_rate, fast_decode_graphed=step.graphed,
+        fast_equals_static_eager=bool(torch.equal(fast, static)), fallback_reason=step.fallback_reason,
+    )  # fmt: skip
 
 
 def print_row(row: Row) -> None:
@@ -210,7 +244,11 @@ def main() -> None:
     name = "".join(c if c.isalnum() else "_" for c in gpu)
     results = Path(__file__).resolve().parent / "results" if device.type == "cuda" else Path(tempfile.mkdtemp())
     path = results / f"decode_{name}.json"
+    import transformers
+    import triton
+
     result = dict(gpu=gpu, command="python " + " ".join(sys.argv), torch=torch.__version__,
+                  transformers=transformers.__version__, triton=triton.__version__,
                   shape=SHAPES[args.shape], group_size=GROUP_SIZE, copy_bandwidth_bytes_per_s=bandwidth,
                   rows=[], checks={})  # fmt: skip
 
@@ -248,6 +286,9 @@ def main() -> None:
         set_kernel(model, kernel)
         record(measure(model, "w4", kernel, 1, args, bandwidth, use_graphs)[0])
     set_kernel(model, "auto")
+
+    result["checks"]["w4_generate_batch1"] = generate_check(model, args.prompt, GENERATE_TOKENS)
+    print(f"generate() at batch 1: {result['checks']['w4_generate_batch1']}", flush=True)
 
     speedups = {b: w4_rows[b].decode_tokens_per_s / fp16_rows[b].decode_tokens_per_s for b in batches}
     result["w4_over_fp16_decode_tokens_per_s"] = speedups
