@@ -3,6 +3,7 @@
     from awqflow import AutoQuantForCausalLM
 
     model = AutoQuantForCausalLM.from_pretrained("smollm2-135m")
+    tokenizer = model.tokenizer
     model.quantize(tokenizer, quant_config={"zero_point": True, "q_group_size": 64, "w_bit": 4, "version": "GEMM"})
     model.save_quantized("smollm2-awq")
 
@@ -116,7 +117,7 @@ class QuantizableModel:
         self.quantized_dir: Path | None = None  # the flow's published checkpoint
         self.quant_config: QuantConfig | None = None
         self.report: dict | None = None  # the flow's report: perplexity, sizes, stage timings
-        self.tokenizer = None
+        self._tokenizer = None
         self._model = None
 
     @property
@@ -124,8 +125,25 @@ class QuantizableModel:
         if self._model is None:
             from awq_core.models import load_model
 
-            self._model, self.tokenizer = load_model(self.source, resolve_dtype(self.dtype), self.revision, self.trust_remote_code)
+            self._model, tokenizer = load_model(self.source, resolve_dtype(self.dtype), self.revision, self.trust_remote_code)
+            if self._tokenizer is None:
+                self._tokenizer = tokenizer
         return self._model
+
+    @property
+    def tokenizer(self):
+        """The model's own tokenizer (loaded on first use), or the one given to `quantize()`."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from awq_core.models import resolve_source
+
+            source, gguf_file = resolve_source(self.source)
+            extra = {"gguf_file": gguf_file} if gguf_file else {}
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                source, revision=self.revision, trust_remote_code=self.trust_remote_code, **extra
+            )
+        return self._tokenizer
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
@@ -170,7 +188,7 @@ class QuantizableModel:
         self.report = run_quantize(settings, run_dir or default_run_dir(settings), progress_bars=progress_bars)
         self.quantized_dir, self.quant_config = out, config
         if tokenizer is not None:
-            self.tokenizer = tokenizer
+            self._tokenizer = tokenizer
         self._model = AutoQuantForCausalLM.from_quantized(out, device=device, dtype=resolve_dtype(self.dtype))
         return self
 
@@ -187,8 +205,8 @@ class QuantizableModel:
             for file in self.quantized_dir.iterdir():
                 if file.is_file():
                     shutil.copyfile(file, staging / file.name)
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(staging)
+            if self._tokenizer is not None:  # the one given to quantize() (the flow saved the model's own)
+                self._tokenizer.save_pretrained(staging)
             _publish(staging, save_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

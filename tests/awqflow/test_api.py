@@ -63,6 +63,7 @@ def test_autoawq_workflow_on_a_tiny_model(tmp_path, monkeypatch):
     model_dir = save_tiny_model(tmp_path / "tiny", "qwen2")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoAWQForCausalLM.from_pretrained(model_dir)
+    assert model.tokenizer.vocab_size == tokenizer.vocab_size
     assert model._model is None, "the float weights load only when used"
     model.quantize(
         tokenizer, quant_config={"zero_point": True, "q_group_size": 32, "w_bit": 4, "version": "GEMM", "n_grid": 5},
