@@ -1,5 +1,5 @@
 """The `awqflow` command: quantize a model (a resumable Prefect flow), evaluate a checkpoint, resume
-and list runs.
+and list runs; `generate` and `chat` (awqflow/generation.py) run a quantized checkpoint.
 
 Errors print one line (what went wrong and what to change); `--debug` shows the traceback and
 Prefect's logs. Without `PREFECT_API_URL` the flow runs on a temporary local Prefect server.
@@ -19,6 +19,7 @@ from awq_core.config import (
 from awq_core.evaluate import DEFAULT_EVAL_TEXTS, EvalSettings
 from awq_core.models import DEFAULT_MODEL, EMBEDDED_MODELS
 from flows.dashboard.commands import add_commands as add_dashboard_commands
+from awqflow.generation import add_generation_commands
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--root", type=Path, default=Path("runs"), help="directory holding the run directories")
 
     add_dashboard_commands(commands)  # dashboard, report
+    add_generation_commands(commands)  # generate, chat: their handlers come with them
     return parser
 
 
@@ -210,7 +212,7 @@ def quiet_prefect() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = getattr(args, "run", None) or {"quantize": cmd_quantize, "eval": cmd_eval, "resume": cmd_resume, "runs": cmd_runs}[args.command]
+    handler = getattr(args, "handler", None) or {"quantize": cmd_quantize, "eval": cmd_eval, "resume": cmd_resume, "runs": cmd_runs}[args.command]
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a first start migrates its database

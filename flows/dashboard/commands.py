@@ -14,12 +14,12 @@ def add_commands(commands) -> None:
     d.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     d.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
     d.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (the page shows paths and model names)")
-    d.set_defaults(run=cmd_dashboard)
+    d.set_defaults(handler=cmd_dashboard)
 
     r = commands.add_parser("report", help="write the dashboard page of one or more runs as one static HTML file")
     r.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories; the first is the baseline")
     r.add_argument("-o", "--out", type=Path, default=Path("report.html"), help="the HTML file to write (default report.html)")
-    r.set_defaults(run=cmd_report)
+    r.set_defaults(handler=cmd_report)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
