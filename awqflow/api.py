@@ -35,13 +35,17 @@ AUTOAWQ_KEYS = {
     "q_group_size": "group_size",
     "quant_method": "method",
 }
+# AutoGPTQ's BaseQuantizeConfig keys (and transformers' GPTQConfig): QuantConfig.gptq's fields. A dict that
+# uses them without naming a method means GPTQ.
+GPTQ_KEYS = ("desc_act", "static_groups", "damp_percent", "true_sequential", "block_size")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 KERNELS = ("auto", "gemv", "gemm", "torch")
 
 
 def parse_quant_config(value: QuantConfig | dict | None) -> QuantConfig:
     """A QuantConfig, or a dict with AutoAWQ's keys ({"zero_point", "q_group_size", "w_bit", "version"}),
-    transformers' (`bits`, `group_size`, `quant_method`) or QuantConfig's own field names."""
+    AutoGPTQ's ({"bits", "group_size", "desc_act", "sym", "damp_percent", ...}), transformers'
+    (`bits`, `group_size`, `quant_method`) or QuantConfig's own field names."""
     if value is None:
         return QuantConfig()
     if isinstance(value, QuantConfig):
@@ -49,10 +53,17 @@ def parse_quant_config(value: QuantConfig | dict | None) -> QuantConfig:
     if not isinstance(value, dict):
         raise TypeError(f"quant_config must be a QuantConfig or a dict, got {type(value).__name__}")
     fields: dict[str, Any] = {}
+    value = dict(value)
+    gptq = {k: value.pop(k) for k in GPTQ_KEYS if k in value}
+    if "sym" in value:
+        value.setdefault("zero_point", not value.pop("sym"))
+    if gptq:
+        fields["gptq"] = {**dict(value.pop("gptq", {})), **gptq}
+        fields["method"] = "gptq"
     for key, item in value.items():
         name = AUTOAWQ_KEYS.get(key, key)
         if name not in QuantConfig.model_fields:
-            accepted = sorted(set(QuantConfig.model_fields) | set(AUTOAWQ_KEYS))
+            accepted = sorted(set(QuantConfig.model_fields) | set(AUTOAWQ_KEYS) | set(GPTQ_KEYS) | {"sym"})
             raise ValueError(f"quant_config: unknown key {key!r}; accepted keys: {', '.join(accepted)}")
         if name in fields and fields[name] != item:
             raise ValueError(f"quant_config: {key}={item!r} contradicts an earlier key for {name}={fields[name]!r}")

@@ -104,3 +104,29 @@ def test_autoawq_workflow_on_a_tiny_model(tmp_path, monkeypatch):
 def test_from_quantized_checks_its_options(tmp_path):
     with pytest.raises(ValueError, match="kernel='cuda'"):
         AutoQuantForCausalLM.from_quantized(tmp_path, kernel="cuda")
+
+
+def test_autogptq_dict_gives_a_gptq_config():
+    config = parse_quant_config({"bits": 3, "group_size": 32, "desc_act": True, "sym": True, "damp_percent": 0.05})
+    assert config.method is Method.GPTQ and config.w_bit == 3 and config.group_size == 32
+    assert config.gptq.desc_act and config.gptq.damp_percent == 0.05 and not config.zero_point
+    assert parse_quant_config({"quant_method": "gptq", "bits": 8}).method is Method.GPTQ
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_gptq_workflow_on_a_tiny_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model_dir = save_tiny_model(tmp_path / "tiny", "llama")
+    model = AutoQuantForCausalLM.from_pretrained(model_dir)
+    model.quantize(quant_config={"bits": 4, "group_size": 32, "desc_act": True}, calib_data="builtin",
+                   n_samples=4, seqlen=32, eval_windows=1)  # fmt: skip
+    assert model.report["method"] == "gptq"
+    out = model.save_quantized(tmp_path / "saved")
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
+    loaded = AutoQuantForCausalLM.from_quantized(out, dtype=torch.float32, kernel="torch", fuse_layers=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    x = tokenizer("numbers and words", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, model(**x).logits, rtol=1e-5, atol=1e-5)
+    greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(loaded.generate(**x, **greedy), model.generate(**x, **greedy))
