@@ -203,10 +203,12 @@ def graph_checks(model: nn.Module, prompt: int, steps: int = CHECK_STEPS) -> dic
     again, _, _ = eager.run(steps)
     forced = torch.cat([tokens, tokens[:, -1:]], dim=1)  # (1, steps + 1)
     graph_logits, eager_logits = graphed.forced_logits(forced), eager.forced_logits(forced)
+    eager_again_logits = eager.forced_logits(forced)  # the kernels' own run-to-run spread, for scale
     return dict(
         steps=steps, graphed=graphed.step.graphed, graph_tokens_equal_eager=bool(torch.equal(tokens, eager_tokens)),
         eager_tokens_equal_eager_again=bool(torch.equal(eager_tokens, again)),
         logits_relative_difference=relative_difference(graph_logits, eager_logits),
+        eager_run_to_run_logits_relative_difference=relative_difference(eager_again_logits, eager_logits),
     )  # fmt: skip
 
 
