@@ -127,20 +127,24 @@ def test_awq_layout_refuses_other_widths_and_points_to_gptq():
 needs_interpreter = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter test; the GPU runs benchmarks/")
 
 
+def gptq_layer(in_features: int, out_features: int, group_size: int, desc_act: bool) -> GPTQLinear:
+    """A 4-bit GPTQ layer quantized against correlated inputs (act-order then permutes for real)."""
+    from awq_core.gptq import Hessian, gptq_quantize
+
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features)
+    h = Hessian(in_features)
+    h.add(torch.randn(2 * in_features, in_features) @ torch.randn(in_features, in_features) / in_features**0.5)
+    qw = gptq_quantize(linear.weight, h.value(), 4, group_size, True, GPTQConfig(desc_act=desc_act)).weight
+    assert (qw.g_idx is not None) == desc_act
+    return GPTQLinear.from_linear(linear, qw)
+
+
 @needs_interpreter
 @pytest.mark.parametrize("desc_act", [False, True])
 @pytest.mark.parametrize("kernel", ["gemv", "gemm"])
 def test_4bit_gptq_runs_on_the_triton_kernels(desc_act, kernel):
-    torch.manual_seed(0)
-    linear = nn.Linear(256, 32)
-    x = torch.randn(512, 256) @ torch.randn(256, 256) / 16
-    from awq_core.gptq import Hessian, gptq_quantize
-
-    h = Hessian(256)
-    h.add(x)
-    qw = gptq_quantize(linear.weight, h.value(), 4, 64, True, GPTQConfig(desc_act=desc_act)).weight
-    assert (qw.g_idx is not None) == desc_act
-    layer = GPTQLinear.from_linear(linear, qw)
+    layer = gptq_layer(256, 32, 64, desc_act)
     inputs = torch.randn(3, 256).half()
     layer.set_kernel("torch")
     reference = layer(inputs)
@@ -161,15 +165,7 @@ def test_other_widths_take_the_torch_path():
 @pytest.mark.parametrize("desc_act", [False, True])
 @pytest.mark.parametrize("rows", [1, 4, 33, 300])  # GEMV, GEMM and the dequantize + cuBLAS path by dispatch
 def test_4bit_gptq_on_cuda_matches_the_torch_path(desc_act, rows):
-    from awq_core.gptq import Hessian, gptq_quantize
-
-    torch.manual_seed(0)
-    linear = nn.Linear(1024, 512)
-    x = torch.randn(2048, 1024) @ torch.randn(1024, 1024) / 32
-    h = Hessian(1024)
-    h.add(x)
-    qw = gptq_quantize(linear.weight, h.value(), 4, 128, True, GPTQConfig(desc_act=desc_act)).weight
-    layer = GPTQLinear.from_linear(linear, qw).cuda()
+    layer = gptq_layer(1024, 512, 128, desc_act).cuda()
     inputs = torch.randn(rows, 1024, device="cuda", dtype=torch.float16)
     layer.set_kernel("torch")
     reference = layer(inputs)
