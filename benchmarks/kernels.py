@@ -64,6 +64,9 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemv_prefetch": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=3, max_m=8, prefetch=True)),
         "gemv_subtiles_prefetch": lambda x, w, b: gemv(
             x, w, b, GemvConfig(block_n=128, split_k=1, max_m=8, subtiles=2, prefetch=True)),
+        "gemv_pipelined": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=2, max_m=8, loop_stages=3)),
+        "gemv_subtiles_prefetch_pipelined": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=128, split_k=1, max_m=8, subtiles=2, prefetch=True, loop_stages=2)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
         "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
         "dequant_cublas": dequant_matmul,
