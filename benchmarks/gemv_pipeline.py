@@ -29,7 +29,7 @@ from triton_kernels.configs import GemvConfig  # noqa: E402
 from triton_kernels.gemm import gemm  # noqa: E402
 from triton_kernels.gemv import gemv, gemv_kernel  # noqa: E402
 
-SHAPES = {s: kb.SHAPES[s] for s in ("7b_qkv", "7b_o", "7b_up_gate", "70b_up_gate")}
+SHAPES = ("7b_qkv", "7b_o", "7b_up_gate", "70b_up_gate")  # default subset of kernels.SHAPES
 # (block_n, subtiles, num_warps): the autotuner's tiles plus two narrower, 2-warp ones (more programs resident)
 TILES = ((32, 1, 2), (64, 1, 2), (64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
 SPLITS = (1, 2, 4, 8, 16, 32)
@@ -136,7 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warm-only", action="store_true", help="run this part's variants once (compile only)")
     parser.add_argument("--part", default="0/1", help="i/n: with --warm-only, every n-th candidate from i")
-    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(kb.SHAPES))
+    parser.add_argument("--tag", default="", help="suffix of the result file name: gemv_pipeline_<gpu>[_<tag>].json")
     parser.add_argument("--out", type=Path, default=None, help="also copy the result file here")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
@@ -147,9 +148,10 @@ def main() -> None:
     t0 = time.time()
     rows = []
     name = torch.cuda.get_device_name(0)
-    path = Path(__file__).resolve().parent / "results" / f"gemv_pipeline_{configs.gpu_file_name(name)}"
+    tag = configs.gpu_file_name(name)[: -len(".json")] + (f"_{args.tag}" if args.tag else "")
+    path = Path(__file__).resolve().parent / "results" / f"gemv_pipeline_{tag}.json"
     for shape in args.shapes.split(","):
-        n, k = SHAPES[shape]
+        n, k = kb.SHAPES[shape]
         row = run_shape(shape, n, k, sms, bw, part)
         if args.warm_only:
             continue
@@ -165,7 +167,7 @@ def main() -> None:
         return
     report = compiled_report()
     if args.out:
-        (args.out / "gemv_pipeline_compiled.json").write_text(json.dumps(report, indent=1))
+        (args.out / f"gemv_pipeline_compiled_{tag}.json").write_text(json.dumps(report, indent=1))
     piped = [r for r in report if r.get("cp_async")]
     print(f"compiled variants: {len(report)}, with cp.async in the PTX: {len(piped)}")
     print("wrote", path)
