@@ -17,6 +17,9 @@ against 7.3 for the previous version, yet runs in the same time, about twice as 
 that only streams the same words with the same tiles and grid; so the GEMV is bound by the latency
 of each program's chain of block iterations, not by issue. `prefetch` (one block ahead, in
 registers) and two subtiles each gain or lose up to 10% by shape, and are tuned per shape.
+`loop_stages` (Triton's pipeliner: cp.async copies of the words and activations of later blocks) with
+the prefetch gained a further 4-16% at M=1 on six of seven shapes, the same at any depth from 2 to 4
+(benchmarks/README.md, "M=1 GEMV"); zero points and scales, under 4 bytes a thread, stay plain loads.
 """
 from __future__ import annotations
 
