@@ -64,6 +64,9 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemv_prefetch": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=3, max_m=8, prefetch=True)),
         "gemv_subtiles_prefetch": lambda x, w, b: gemv(
             x, w, b, GemvConfig(block_n=128, split_k=1, max_m=8, subtiles=2, prefetch=True)),
+        "gemv_pipelined": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=2, max_m=8, loop_stages=3)),
+        "gemv_subtiles_prefetch_pipelined": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=128, split_k=1, max_m=8, subtiles=2, prefetch=True, loop_stages=2)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
         "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
         "dequant_cublas": dequant_matmul,
@@ -262,6 +265,9 @@ def diagnose_gemv(shapes: dict) -> list[dict]:
 # ----------------------------------------------------------------------------------------- autotune
 # GEMV tiles: (block_n, subtiles, num_warps). Each thread holds 2 columns per subtile (see gemv.py).
 GEMV_TILES = ((64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
+# GEMV loops: (prefetch, loop_stages). Software pipelining won only with the register prefetch, at depth
+# 2 or 3, on the shapes benchmarks/gemv_pipeline.py swept (results/gemv_pipeline_<gpu>*.json).
+GEMV_LOOPS = ((False, 0), (True, 0), (True, 2), (True, 3))
 # GEMM tiles: (block_n, num_warps); block_m follows M.
 GEMM_TILES = ((64, 4), (128, 8), (256, 8))
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -274,9 +280,9 @@ def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
         for split in (1, 2, 4, 8, 16):
             programs = -(-n // block_n) * split
             if split <= blocks and (split == 1 or programs <= SMS * 16):
-                for prefetch in (False, True):
+                for prefetch, loop_stages in GEMV_LOOPS:
                     out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
-                                          subtiles=subtiles, prefetch=prefetch))
+                                          subtiles=subtiles, prefetch=prefetch, loop_stages=loop_stages))
     return out
 
 

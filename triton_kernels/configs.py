@@ -28,6 +28,9 @@ class GemvConfig:
     subtiles: int = 1
     # Issue the next block's loads before this block's arithmetic (more bytes in flight per thread)
     prefetch: bool = False
+    # > 0: Triton's software pipeliner runs the block loop this many stages deep (cp.async copies
+    # of later blocks into shared memory); 0: a plain loop
+    loop_stages: int = 0
 
 
 @dataclass(frozen=True)

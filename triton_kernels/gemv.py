@@ -17,6 +17,9 @@ against 7.3 for the previous version, yet runs in the same time, about twice as 
 that only streams the same words with the same tiles and grid; so the GEMV is bound by the latency
 of each program's chain of block iterations, not by issue. `prefetch` (one block ahead, in
 registers) and two subtiles each gain or lose up to 10% by shape, and are tuned per shape.
+`loop_stages` (Triton's pipeliner: cp.async copies of the words and activations of later blocks) with
+the prefetch gained a further 4-16% at M=1 on six of seven shapes, the same at any depth from 2 to 4
+(benchmarks/README.md, "M=1 GEMV"); zero points and scales, under 4 bytes a thread, stay plain loads.
 """
 from __future__ import annotations
 
@@ -77,18 +80,63 @@ def _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.
 
 
 @triton.jit
+def _step(b, b_end, acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1,
+          x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j, base_bits,
+          GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr, SUBTILES: tl.constexpr,
+          PREFETCH: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+    """One 128-row block: its words (prefetched last step, or fetched now) times x, added to the accumulators.
+    Returns the accumulators and, with PREFETCH, the next block's words, zero points and scales."""
+    # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
+    GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
+    SLABS: tl.constexpr = 8 // GROUPS
+    if PREFETCH:
+        words0, z0, s0, words1, z1, s1 = nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1
+        nxt_w0, nxt_z0, nxt_s0 = _fetch(qw_ptr, z_ptr, s_ptr, b + 1, b_end, N, offs_n0, mask_n0, offs_j, GROUP, True)
+        if SUBTILES == 2:
+            nxt_w1, nxt_z1, nxt_s1 = _fetch(qw_ptr, z_ptr, s_ptr, b + 1, b_end, N, offs_n1, mask_n1, offs_j, GROUP, True)
+    else:
+        words0, z0, s0 = _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n0, mask_n0, offs_j, GROUP, not EVEN_N)
+        words1, z1, s1 = words0, z0, s0  # unused with one subtile
+        if SUBTILES == 2:
+            words1, z1, s1 = _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n1, mask_n1, offs_j, GROUP, not EVEN_N)
+    high0 = high_word(words0)
+    high1 = high0
+    if SUBTILES == 2:
+        high1 = high_word(words1)
+    for g in tl.static_range(GROUPS):
+        if g > 0:
+            group = (b * 128 + 16 * SLABS * g) // GROUP
+            z0, s0 = _load_group(z_ptr, s_ptr, group, offs_n0, mask_n0, N, EVEN_N)  # (1, SUB, 1, 1) each
+            if SUBTILES == 2:
+                z1, s1 = _load_group(z_ptr, s_ptr, group, offs_n1, mask_n1, N, EVEN_N)
+        part0 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
+        part1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
+        for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
+            xv = _load_x(x_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, EVEN_K)  # (BM, 1, 4, 4)
+            part0 += xv * _minus_zero(words0, high0, z0, base_bits, i)  # (BM, SUB, 4, 4)
+            if SUBTILES == 2:
+                part1 += xv * _minus_zero(words1, high1, z1, base_bits, i)
+        acc0 += part0 * s0
+        if SUBTILES == 2:
+            acc1 += part1 * s1
+    return acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1
+
+
+@triton.jit
 def gemv_kernel(
     x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr,
     M, N, K, stride_xm, stride_ym, blocks_per_split, base_bits,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUBTILES: tl.constexpr,
-    PREFETCH: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, EVEN_N: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     # SUBTILES = 2 splits the BLOCK_N columns into two tiles that share every activation load and
     # conversion: each thread then holds 4 columns instead of 2 (written out as two tiles because one
     # wider tile makes Triton pick a layout that sends the products through shared memory).
     # PREFETCH issues the next block's loads before this block's arithmetic: the kernel is bound by
     # the latency of its loads, not by issuing instructions, so more bytes in flight per thread pay.
+    # LOOP_STAGES > 0 hands the block loop to Triton's software pipeliner (`tl.range(num_stages=)`),
+    # which copies the loads of later blocks into shared memory asynchronously (cp.async) ahead of use.
     tl.static_assert(SUBTILES == 1 or SUBTILES == 2, "SUBTILES must be 1 or 2")
     SUB: tl.constexpr = BLOCK_N // SUBTILES
     pid_n = tl.program_id(0)
@@ -103,47 +151,31 @@ def gemv_kernel(
     n_blocks = tl.cdiv(K, 128)
     b_start = pid_k * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, n_blocks)
-    # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
-    GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
-    SLABS: tl.constexpr = 8 // GROUPS
 
     acc0 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
+    # Without PREFETCH the nxt_* values are unused placeholders of the fetched types.
+    nxt_w0 = tl.zeros((1, SUB, 4, 4), dtype=tl.int32)
+    nxt_z0 = tl.zeros((1, SUB, 1, 1), dtype=tl.int32)
+    nxt_s0 = tl.zeros((1, SUB, 1, 1), dtype=tl.float32)
+    nxt_w1, nxt_z1, nxt_s1 = nxt_w0, nxt_z0, nxt_s0
     if PREFETCH:
         nxt_w0, nxt_z0, nxt_s0 = _fetch(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n0, mask_n0, offs_j, GROUP, True)
-        nxt_w1, nxt_z1, nxt_s1 = nxt_w0, nxt_z0, nxt_s0  # unused with one subtile
         if SUBTILES == 2:
             nxt_w1, nxt_z1, nxt_s1 = _fetch(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n1, mask_n1, offs_j,
                                             GROUP, True)
-    for b in range(b_start, b_end):
-        if PREFETCH:
-            words0, z0, s0, words1, z1, s1 = nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1
-            nxt_w0, nxt_z0, nxt_s0 = _fetch(qw_ptr, z_ptr, s_ptr, b + 1, b_end, N, offs_n0, mask_n0, offs_j, GROUP, True)
-            if SUBTILES == 2:
-                nxt_w1, nxt_z1, nxt_s1 = _fetch(qw_ptr, z_ptr, s_ptr, b + 1, b_end, N, offs_n1, mask_n1, offs_j, GROUP, True)
-        else:
-            words0, z0, s0 = _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n0, mask_n0, offs_j, GROUP, not EVEN_N)
-            if SUBTILES == 2:
-                words1, z1, s1 = _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n1, mask_n1, offs_j, GROUP, not EVEN_N)
-        high0 = high_word(words0)
-        if SUBTILES == 2:
-            high1 = high_word(words1)
-        for g in tl.static_range(GROUPS):
-            if g > 0:
-                group = (b * 128 + 16 * SLABS * g) // GROUP
-                z0, s0 = _load_group(z_ptr, s_ptr, group, offs_n0, mask_n0, N, EVEN_N)  # (1, SUB, 1, 1) each
-                if SUBTILES == 2:
-                    z1, s1 = _load_group(z_ptr, s_ptr, group, offs_n1, mask_n1, N, EVEN_N)
-            part0 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
-            part1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
-            for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
-                xv = _load_x(x_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, EVEN_K)  # (BM, 1, 4, 4)
-                part0 += xv * _minus_zero(words0, high0, z0, base_bits, i)  # (BM, SUB, 4, 4)
-                if SUBTILES == 2:
-                    part1 += xv * _minus_zero(words1, high1, z1, base_bits, i)
-            acc0 += part0 * s0
-            if SUBTILES == 2:
-                acc1 += part1 * s1
+    if LOOP_STAGES > 0:
+        for b in tl.range(b_start, b_end, num_stages=LOOP_STAGES):
+            acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1 = _step(
+                b, b_end, acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1,
+                x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
+                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, PREFETCH, EVEN_N, EVEN_K)
+    else:
+        for b in range(b_start, b_end):
+            acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1 = _step(
+                b, b_end, acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1,
+                x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
+                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, PREFETCH, EVEN_N, EVEN_K)
 
     _store(acc0, y_ptr, bias_ptr, pid_k, pid_n * BLOCK_N, M, N, stride_ym, BLOCK_M, SUB, HAS_BIAS, ATOMIC)
     if SUBTILES == 2:
@@ -177,6 +209,7 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     assert x.stride(1) == 1, "x must be contiguous along K"
     block_m = max(triton.next_power_of_2(m), 1)
     assert block_m <= config.max_m, f"GEMV handles M <= {config.max_m}, got M={m}"
+    assert config.loop_stages >= 0, f"loop_stages must be 0 (plain loop) or a pipeline depth, got {config.loop_stages}"
     n_blocks = weight.padded_in_features // PACK_K
     split_k = max(1, min(config.split_k, n_blocks))
     blocks_per_split = triton.cdiv(n_blocks, split_k)
@@ -188,7 +221,7 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
         x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y,
         m, n, k, x.stride(0), y.stride(0), blocks_per_split, FLOAT_2_23_BITS,
         GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n, SUBTILES=config.subtiles,
-        PREFETCH=config.prefetch,
+        PREFETCH=config.prefetch, LOOP_STAGES=config.loop_stages,
         HAS_BIAS=bias is not None, ATOMIC=atomic, EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

@@ -39,14 +39,15 @@ def _check(y, layer, x, bias, m, n):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("k,n,group", SHAPES)
 @pytest.mark.parametrize("m,split_k", [(1, 1), (3, 2)])
-@pytest.mark.parametrize("block_n,subtiles,prefetch", [(32, 1, False), (64, 2, True), (32, 1, True)])
-def test_gemv(m, split_k, k, n, group, dtype, block_n, subtiles, prefetch):
+@pytest.mark.parametrize("block_n,subtiles,prefetch,loop_stages",
+                         [(32, 1, False, 0), (64, 2, True, 0), (32, 1, True, 0), (32, 1, False, 3), (64, 2, True, 2)])
+def test_gemv(m, split_k, k, n, group, dtype, block_n, subtiles, prefetch, loop_stages):
     """N = 40 and 48 leave the last tile (and with two subtiles, its second half) partly or wholly outside N;
     K = 256 without split gives the prefetching loop a block to fetch ahead."""
     layer, x, bias = _inputs(m, k, n, group, dtype, seed=m + k + n, with_bias=(m == 3))
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
     cfg = GemvConfig(block_n=block_n, split_k=split_k, num_warps=4, num_stages=1, max_m=4, subtiles=subtiles,
-                     prefetch=prefetch)
+                     prefetch=prefetch, loop_stages=loop_stages)
     y = gemv(x, w, bias, cfg)
     _check(y, layer, x, bias, m, n)
 
