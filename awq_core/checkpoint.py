@@ -23,6 +23,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from awq_core.config import is_excluded
+from awq_core.fused_linear import is_fused
 from awq_core.gptq_linear import GPTQLinear
 from awq_core.gptq_packing import GPTQ_BITS
 from awq_core.packing import AWQ_BITS, Version
@@ -281,6 +282,11 @@ def save_quantized(
     The float tensors (embeddings, norms, unquantized layers) are stored as `dtype`, fp16 as in AutoAWQ
     checkpoints: the model is cast in place (None keeps its dtype).
     """
+    if is_fused(model):
+        raise CheckpointError(
+            "the model's q/k/v and gate/up projections are fused for inference, which no checkpoint layout "
+            "stores: save the model before fusing, or load the checkpoint with fuse_layers=False"
+        )
     settings = parse_quantization_config(quantization_config, source="quantization_config argument")
     _check_layers_match(model, settings)
     if dtype is not None:

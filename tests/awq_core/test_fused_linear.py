@@ -105,3 +105,14 @@ def test_fused_model_state_moves_and_lists_each_tensor_once():
     assert not any(k.startswith("model.layers.0.self_attn.q_proj.") for k in keys)
     model.to(torch.float64)
     assert model.model.layers[0].mlp.fused_gate_proj_up_proj.linear.scales.dtype == torch.float64
+
+
+def test_a_fused_model_refuses_to_be_saved(tmp_path):
+    from awq_core.checkpoint import CheckpointError, save_quantized
+    from awq_core.config import QuantConfig
+
+    model, _ = quantized_pair("llama", "gemm")
+    fuse_linears(model)
+    with pytest.raises(CheckpointError, match="fuse_layers=False"):
+        save_quantized(model, tmp_path, QuantConfig(group_size=32).hf_quantization_config())
+    assert not any(tmp_path.iterdir()), "nothing is written"
