@@ -103,7 +103,7 @@ def parse_gptq_config(raw: dict, source: str) -> GptqSettings:
     bits = raw.get("bits")
     if bits not in GPTQ_BITS:
         raise CheckpointError(f"{source}: bits={bits!r}; the GPTQ layout stores {GPTQ_BITS}-bit weights")
-    fmt = str(raw.get("checkpoint_format", "gptq")).lower()
+    fmt = str(raw.get("checkpoint_format", raw.get("format", "gptq"))).lower()  # transformers 5 writes "format" too
     if fmt != "gptq":
         raise CheckpointError(
             f"{source}: checkpoint_format={fmt!r} is not supported; only 'gptq' (zeros stored minus one) is: "
