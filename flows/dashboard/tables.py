@@ -34,8 +34,16 @@ def config_text(config: dict) -> str:
         f"scale grid {config.get('n_grid', '?')}" if config.get("method") == "awq" else None,
         (f"clip grid {clip.get('n_grid', '?')}" if clip.get("enabled", True) else "no clip") if config.get("method") == "awq" else None,
         f"calibration {calib.get('source', '?')} {calib.get('n_samples', '?')} x {calib.get('seqlen', '?')}",
-        str(config.get("version", "")) or None,
+        gptq_text(config.get("gptq") or {}) if config.get("method") == "gptq" else str(config.get("version", "")) or None,
     ]  # fmt: skip
+    return ", ".join(p for p in parts if p)
+
+
+def gptq_text(gptq: dict) -> str:
+    """GPTQ's settings (the AWQ layout version does not apply to its checkpoints)."""
+    parts = [f"damp {gptq.get('damp_percent', 0.01)}", "act-order" if gptq.get("desc_act") else None,
+             "static groups" if gptq.get("static_groups") else None,
+             "true sequential" if gptq.get("true_sequential", True) else None]  # fmt: skip
     return ", ".join(p for p in parts if p)
 
 

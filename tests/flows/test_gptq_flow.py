@@ -28,7 +28,7 @@ def test_gptq_flow_stages_cache_and_equals_the_direct_path(tiny_dir, tmp_path):
     assert len(layers) == 14 and all(row["damp"] == 0.01 and row["final_error"] < row["rtn_error"] for row in layers)
     assert all(row["weight_error"] > 0 and row["input_max_over_mean"] >= 1 for row in layers)
     page = (tmp_path / "runs" / "g" / "report.html").read_text()
-    assert "GPTQ damping" in page and "gptq" in page
+    assert "GPTQ damping" in page and "gptq w3 g32" in page and "act-order" in page
 
     model, tokenizer = load_model(tiny_dir)
     result = quantize_model(model, calibration_blocks(tokenizer, GPTQ.calibration), GPTQ, batch_size=2)
