@@ -12,7 +12,7 @@ import torch.nn as nn
 from awq_core.registry import Architecture, get_blocks
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised from a hook once the wanted input is captured: nothing after it needs to run."""
 
 
@@ -66,14 +66,14 @@ def capture_first_block_inputs(model: nn.Module, arch: Architecture, input_ids: 
 
     def record(module, args, kwargs):
         chunks.append((args[0] if args else kwargs["hidden_states"]).detach())
-        raise _StopForward
+        raise StopForward
 
     handle = first.register_forward_pre_hook(record, with_kwargs=True)
     try:
         for start in range(0, input_ids.shape[0], batch_size):
             try:
                 model(input_ids=input_ids[start : start + batch_size], use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         handle.remove()

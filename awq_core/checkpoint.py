@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from awq_core.config import is_excluded
+from awq_core.config import QuantConfig, is_excluded
 from awq_core.fused_linear import is_fused
 from awq_core.gptq_linear import GPTQLinear
 from awq_core.gptq_packing import GPTQ_BITS
@@ -128,7 +128,12 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, module)
 
 
-GPTQ_LAYOUT = "gptq"  # `replace_linears(..., layout=GPTQ_LAYOUT)`: GPTQLinear instead of an AWQ version
+GPTQ_LAYOUT = "gptq"  # `replace_linears(..., GPTQ_LAYOUT)`: GPTQLinear instead of an AWQ version
+
+
+def layout_of(config: QuantConfig) -> Version | str:
+    """What `replace_linears` packs a config's weights into: GPTQ's layout, or the AWQ version."""
+    return GPTQ_LAYOUT if config.is_gptq else config.version
 
 
 def replace_linears(model: nn.Module, quantized: dict[str, QuantizedWeight], version: Version | str) -> nn.Module:
@@ -218,6 +223,10 @@ def _retie(model: nn.Module, groups: list[list[str]], loaded: set[str]) -> None:
 # ---- save ----------------------------------------------------------------------------------------
 
 
+def _pairs(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
 def _check_layers_match(model: nn.Module, settings: AwqSettings | GptqSettings) -> None:
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WQLinear)]
     if not layers:
@@ -229,21 +238,14 @@ def _check_layers_match(model: nn.Module, settings: AwqSettings | GptqSettings) 
                 f"layer {name} is a {type(layer).__name__} but quantization_config says quant_method="
                 f"{'gptq' if gptq else 'awq'}: replace_linears with the matching layout"
             )
-        if gptq:
-            group_size = layer.in_features if settings.group_size == -1 else settings.group_size
-            if (layer.w_bit, layer.group_size) != (settings.bits, group_size):
-                raise CheckpointError(
-                    f"layer {name} has w_bit={layer.w_bit}, group_size={layer.group_size} but quantization_config "
-                    f"says bits={settings.bits}, group_size={settings.group_size}: loaders would misread it"
-                )
-            continue
         group_size = layer.in_features if settings.group_size == -1 else settings.group_size
-        expected = (settings.bits, group_size, settings.version)
-        if (layer.w_bit, layer.group_size, layer.version) != expected:
+        has = {"w_bit": layer.w_bit, "group_size": layer.group_size}
+        says = {"bits": settings.bits, "group_size": group_size}
+        if not gptq:  # the AWQ layout also has a version (GEMM / GEMV)
+            has["version"], says["version"] = layer.version.value, settings.version.value
+        if list(has.values()) != list(says.values()):
             raise CheckpointError(
-                f"layer {name} has w_bit={layer.w_bit}, group_size={layer.group_size}, version={layer.version.value} "
-                f"but quantization_config says bits={settings.bits}, group_size={settings.group_size}, "
-                f"version={settings.version.value}: loaders would misread it"
+                f"layer {name} has {_pairs(has)} but quantization_config says {_pairs(says)}: loaders would misread it"
             )
 
 

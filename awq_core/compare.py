@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from awq_core.awq import BlockResult, quantize_model
-from awq_core.checkpoint import GPTQ_LAYOUT, replace_linears, save_quantized
+from awq_core.checkpoint import layout_of, replace_linears, save_quantized
 from awq_core.config import QuantConfig
 from awq_core.evaluate import EvalSettings, evaluate
 
@@ -70,7 +70,7 @@ def quantized_result(
     ppl = evaluate(work, eval_tokens, settings)
     size = 0
     if out_dir is not None:
-        replace_linears(work, result.quantized, GPTQ_LAYOUT if config.is_gptq else config.version)
+        replace_linears(work, result.quantized, layout_of(config))
         save_quantized(work, out_dir, config.hf_quantization_config(), tokenizer=tokenizer)
         size = weights_size_on_disk(out_dir)
     return MethodResult(

@@ -107,11 +107,6 @@ class QuantConfig(_Frozen):
     def is_gptq(self) -> bool:
         return self.method is Method.GPTQ
 
-    @property
-    def feeds_quantized_outputs(self) -> bool:
-        """Whether block i+1 is calibrated on quantized block i's output."""
-        return self.is_gptq or self.sequential_quantized_inputs
-
     def hf_quantization_config(self) -> dict:
         """The `quantization_config` block of config.json that transformers and vLLM read."""
         if self.is_gptq:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from awq_core.awq import BlockResult, LinearMetrics, check_finite, quantized_linears
-from awq_core.capture import _StopForward, run_block
+from awq_core.capture import StopForward, run_block
 from awq_core.config import QuantConfig
 from awq_core.gptq import Hessian, gptq_quantize, relative_hessian_error
 from awq_core.layer_stats import relative_weight_error, spread
@@ -83,7 +83,7 @@ def accumulate_hessians(
             assert hessians[name] is shared, f"{name}: which linears share its input changed between chunks"
             pending.discard(name)
             if not pending:
-                raise _StopForward  # nothing later in the block is needed for this chunk
+                raise StopForward  # nothing later in the block is needed for this chunk
         return hook
 
     handles = [modules[n].register_forward_pre_hook(record(n)) for n in names]
@@ -93,7 +93,7 @@ def accumulate_hessians(
             pending.update(names)
             try:
                 run_block(block, hidden[start : start + batch_size], block_kwargs, batch_size)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         for h in handles:

@@ -16,7 +16,7 @@ from triton_kernels import PreparedWeight
 
 from awq_core.gptq_packing import check_gptq_bits, pack_gptq, packed_shapes_gptq, unpack_gptq
 from awq_core.packing import AWQ_BITS, PACK_NUM, pack_awq_gemm
-from awq_core.qlinear import FORCED_CHOICE, GEMV_MAX_ROWS, KernelMode, WQLinear, _version_counter
+from awq_core.qlinear import KernelMode, WQLinear, _version_counter
 from awq_core.quantizer import SCALE_DTYPE, QuantizedWeight, check_group_size
 from triton_kernels.prepare import SLAB_K
 
@@ -106,16 +106,10 @@ class GPTQLinear(WQLinear):
         return prepared, order
 
     def _triton_matmul(self, x: torch.Tensor, mode: KernelMode) -> torch.Tensor:
-        weight, order = self._prepare(x.dtype)
+        order = self._prepare(x.dtype)[1]
         if order is not None:
             x = x.index_select(-1, order.to(x.device))  # (..., in) columns in group order
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        choice = FORCED_CHOICE.get(mode)
-        rows = x.reshape(-1, self.in_features)  # (M, in)
-        if mode is KernelMode.GEMV and rows.shape[0] > GEMV_MAX_ROWS:
-            parts = [triton_kernels.w4a16_linear(r, weight, bias, choice) for r in rows.split(GEMV_MAX_ROWS)]
-            return torch.cat(parts).reshape(*x.shape[:-1], self.out_features)
-        return triton_kernels.w4a16_linear(x, weight, bias, choice)
+        return super()._triton_matmul(x, mode)  # reads the same cached PreparedWeight
 
     def extra_repr(self) -> str:
         return (

@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import task
 
 from awq_core.awq import prefix_of
-from awq_core.checkpoint import GPTQ_LAYOUT, replace_linears, save_quantized
+from awq_core.checkpoint import layout_of, replace_linears, save_quantized
 from awq_core.config import QuantConfig
 from awq_core.registry import get_blocks
 from tasks.checkpoints import Checkpoint, StageOutput, file_digest, stage_cache_key_fn, stage_key
@@ -38,7 +38,7 @@ def pack(ref: ModelRef, run_dir: str, config: QuantConfig, fused: list[Checkpoin
         blocks[index].load_state_dict(tensors, strict=False)
         prefix = prefix_of(loaded.arch, index)
         quantized.update({f"{prefix}.{name}": qw for name, qw in block_quantized.items()})
-    replace_linears(loaded.model, quantized, GPTQ_LAYOUT if config.is_gptq else config.version)
+    replace_linears(loaded.model, quantized, layout_of(config))
     out = Path(run_dir) / f"checkpoint-{key[:16]}"
     staging = Path(tempfile.mkdtemp(prefix=".tmp-pack-", dir=run_dir))
     try:
