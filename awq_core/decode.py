@@ -13,6 +13,12 @@ into those buffers and replay. `enable_fast_decode` sets a model up so that `gen
 asks for a static cache and installs the step where transformers looks for its compiled decode call
 (`get_compiled_call`, used for decode steps only, never for the prefill).
 
+With `compile=True` the step that is captured is the model's forward compiled by `torch.compile`
+(static shapes, no CUDA graphs of its own): Inductor fuses the many small per-layer ops (norms,
+rotary embedding, residual adds) that remain separate kernels in the eager graph. The quantized
+linears stay single custom-op calls (`triton_kernels.ops`); they read the repacked weights that the
+eager prefill built. A compile failure falls back to the eager forward and says why.
+
 Only caches whose layers are all plain `StaticLayer`s are graphed: sliding-window static layers keep
 their position in a Python integer, which a replay would not advance. Anything else (another cache,
 a CPU model) runs eagerly through the same buffers.
@@ -20,7 +26,7 @@ a CPU model) runs eagerly through the same buffers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -90,10 +96,26 @@ def _static_copy(value: Any) -> Any:
 class GraphedDecodeStep:
     """`model(**inputs)` for decode steps, replayed from a CUDA graph when the inputs allow it."""
 
-    def __init__(self, model: nn.Module, use_graphs: bool = True):
+    def __init__(
+        self, model: nn.Module, use_graphs: bool = True, compile: bool = False, compile_backend: str | Callable = "inductor"
+    ):
         self.model, self.use_graphs = model, use_graphs
         self.step: CapturedStep | None = None
         self.fallback_reason: str | None = None  # why the last call ran eagerly, if it did
+        # What a step runs: the model itself, or its torch.compile'd forward (compiled on first use).
+        self.forward = torch.compile(model, dynamic=False, backend=compile_backend) if compile else model
+        self.compiled = compile
+
+    def _run(self, inputs: dict[str, Any]) -> Any:
+        """One step through `forward`; if compiling fails, go on eagerly and keep the reason."""
+        if not self.compiled:
+            return self.forward(**inputs)
+        try:
+            return self.forward(**inputs)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            self.forward, self.compiled = self.model, False
+            self.fallback_reason = f"torch.compile failed: {' '.join(str(e).split())[:400]}"
+            return self.forward(**inputs)
 
     def _key(self, inputs: dict[str, Any]) -> tuple[tuple, list[tuple[str, torch.Tensor]]] | None:
         cache = inputs.get("past_key_values")
@@ -119,17 +141,20 @@ class GraphedDecodeStep:
         step = CapturedStep(key, static, _input_leaves(static))
         if not self._graphs_possible(leaves):
             self.step = step
-            return self.model(**inputs)
+            return self._run(inputs)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm up on a side stream, as torch.cuda.graph's docs ask
-            output = self.model(**inputs)
+        # Warm up (and compile) on a side stream, as torch.cuda.graph's docs ask, and on the static copies:
+        # they may have other strides than the inputs (a clone of an expanded mask is dense), and a compiled
+        # forward that met new strides during capture would recompile there, which capture cannot hold.
+        with torch.cuda.stream(stream):
+            output = self._run(step.inputs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         try:
             # Capture records kernels without running them: the cache is not advanced a second time.
             with torch.cuda.graph(graph):
-                step.output = self.model(**static)
+                step.output = self.forward(**static)
         except RuntimeError as e:  # an op that syncs with the host or cannot be captured
             self.use_graphs, self.fallback_reason = False, f"capture failed: {str(e).splitlines()[0]}"
             step.output = None
@@ -151,7 +176,7 @@ class GraphedDecodeStep:
             buffer.copy_(new)
         self.step.replays += 1
         if self.step.graph is None:
-            return self.model(**self.step.inputs)
+            return self._run(self.step.inputs)
         self.step.graph.replay()
         output = self.step.output
         return type(output)(**{**output, "logits": output.logits.clone()})  # the graph overwrites its buffers
@@ -162,9 +187,12 @@ class GraphedDecodeStep:
         return self.step is not None and self.step.graph is not None
 
 
-def enable_fast_decode(model: nn.Module, use_graphs: bool = True) -> GraphedDecodeStep:
-    """Make `model.generate()` decode with a static KV cache and, on CUDA, CUDA-graph replay."""
-    step = GraphedDecodeStep(model, use_graphs)
+def enable_fast_decode(
+    model: nn.Module, use_graphs: bool = True, compile: bool = False, compile_backend: str | Callable = "inductor"
+) -> GraphedDecodeStep:
+    """Make `model.generate()` decode with a static KV cache and, on CUDA, CUDA-graph replay; with
+    `compile`, of the torch.compile'd forward."""
+    step = GraphedDecodeStep(model, use_graphs, compile, compile_backend)
     model.generation_config.cache_implementation = "static"
     # transformers calls get_compiled_call for decode steps when the cache is static and the model is on a
     # GPU; what it returns runs each decode step. Ours replays a graph instead of running torch.compile.

@@ -44,9 +44,12 @@ class FusedLinear(nn.Module):
 
     def shard_output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Shard `index`'s slice of the fused product of `x`, computing the product once per input."""
-        fresh = x is self._input and _version_counter(x) == self._input_version and index not in self._served
+        # While torch.compile traces, identity alone: Dynamo cannot read version counters, and a traced
+        # graph holds no in-place edits between the shards' calls on one tensor.
+        version = -1 if torch.compiler.is_compiling() else _version_counter(x)
+        fresh = x is self._input and version == self._input_version and index not in self._served
         if not fresh:
-            self._input, self._input_version, self._served = x, _version_counter(x), set()
+            self._input, self._input_version, self._served = x, version, set()
             self._output = self.linear(x)
         self._served.add(index)
         out = self._output[..., self.offsets[index] : self.offsets[index + 1]]  # (..., sizes[index]) view

@@ -16,7 +16,7 @@ from triton_kernels import PreparedWeight
 
 from awq_core.gptq_packing import check_gptq_bits, pack_gptq, packed_shapes_gptq, unpack_gptq
 from awq_core.packing import AWQ_BITS, PACK_NUM, pack_awq_gemm
-from awq_core.qlinear import KernelMode, WQLinear, _version_counter
+from awq_core.qlinear import KernelMode, WQLinear, _PreparedKey, _version_counter
 from awq_core.quantizer import SCALE_DTYPE, QuantizedWeight, check_group_size
 from triton_kernels.prepare import SLAB_K
 
@@ -91,8 +91,8 @@ class GPTQLinear(WQLinear):
         return self._prepare(dtype)[0]
 
     def _prepare(self, dtype: torch.dtype) -> tuple[PreparedWeight, torch.Tensor | None]:
-        key = (self.qweight.device, dtype, tuple((t.data_ptr(), _version_counter(t)) for t in
-               (self.qweight, self.qzeros, self.scales, self.g_idx)))  # fmt: skip
+        key = _PreparedKey(self.qweight.device, dtype, tuple((t.data_ptr(), _version_counter(t)) for t in
+                           (self.qweight, self.qzeros, self.scales, self.g_idx)))  # fmt: skip
         if self._prepared is not None and self._prepared[0] == key:
             return self._prepared[1], self._prepared[2]
         self._prepared = None
@@ -106,7 +106,10 @@ class GPTQLinear(WQLinear):
         return prepared, order
 
     def _triton_matmul(self, x: torch.Tensor, mode: KernelMode) -> torch.Tensor:
-        order = self._prepare(x.dtype)[1]
+        if torch.compiler.is_compiling() and self._compiled_prepared(x) is not None:
+            order = self._prepared[2]  # built by an eager call (see WQLinear._compiled_prepared)
+        else:
+            order = self._prepare(x.dtype)[1]
         if order is not None:
             x = x.index_select(-1, order.to(x.device))  # (..., in) columns in group order
         return super()._triton_matmul(x, mode)  # reads the same cached PreparedWeight

@@ -172,6 +172,17 @@ class WQLinear(nn.Module):
         capability = device_capability(x.device)
         return capability is not None and capability >= MIN_CAPABILITY
 
+    def _compiled_prepared(self, x: torch.Tensor) -> PreparedWeight | None:
+        """While torch.compile traces: the cached repack if one was built for x's device and dtype, else None.
+
+        The cache check of `prepared_weight` reads buffer addresses and version counters, which Dynamo
+        cannot trace (a graph break per layer). A traced graph instead reads the repack an eager call
+        built, as graph inputs; Dynamo guards on the module, so a rebuilt repack recompiles."""
+        if self._prepared is None:
+            return None
+        key, prepared = self._prepared[0], self._prepared[1]  # GPTQLinear adds a third item: its column order
+        return prepared if key.device == x.device and key.dtype == x.dtype else None
+
     def prepared_weight(self, dtype: torch.dtype) -> PreparedWeight:
         """The kernels' repacked weight (scales in `dtype`), built on first use and cached until a buffer changes."""
         key = _PreparedKey(
@@ -192,7 +203,8 @@ class WQLinear(nn.Module):
         return prepared
 
     def _triton_matmul(self, x: torch.Tensor, mode: KernelMode) -> torch.Tensor:
-        weight = self.prepared_weight(x.dtype)
+        compiled = self._compiled_prepared(x) if torch.compiler.is_compiling() else None
+        weight = compiled if compiled is not None else self.prepared_weight(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         choice = FORCED_CHOICE.get(mode)  # None: dispatch on M
         if choice is KernelChoice.GEMV and x.numel() // self.in_features > GEMV_MAX_ROWS:
@@ -205,6 +217,8 @@ class WQLinear(nn.Module):
         mode = self.kernel
         if mode is KernelMode.TORCH:
             return self._torch_matmul(x)
+        if torch.compiler.is_compiling() and self._compiled_prepared(x) is not None:
+            return self._triton_matmul(x, mode)  # an eager call already chose the kernels and built the repack
         if mode is KernelMode.AUTO:
             return self._triton_matmul(x, mode) if self._triton_available(x) else self._torch_matmul(x)
         # Forced GEMV / GEMM: a CUDA GPU, or Triton's CPU interpreter (the tests).

@@ -10,7 +10,8 @@ is also timed unfused at batch 1, as transformers runs it.
 
 The harness, for each batch size: prefill a random prompt into a static KV cache (time to first
 token), then decode greedily, one token per step, each step replayed as a CUDA graph
-(`awq_core.decode.GraphedDecodeStep`; eager if capture fails, and the table says which). Each row is
+(`awq_core.decode.GraphedDecodeStep`; eager if capture fails, and the table says which). With
+`--compile` the captured step is the torch.compile'd forward, for every model. Each row is
 timed after a short warm-up run on the same cache (Triton compiles, the graph is captured). Peak
 memory is `torch.cuda.max_memory_allocated` over the row's warm-up and timed runs: weights (for W4
 also the kernels' repacked copy), KV cache, graph pool and prefill activations.
@@ -71,6 +72,7 @@ class Row:
     graphed: bool
     floor_ms_per_step: float
     fraction_of_floor: float
+    warmup_s: float  # the warm-up run: kernel compiles, graph capture, and with --compile torch.compile
     note: str = ""
 
 
@@ -135,12 +137,13 @@ def copy_bandwidth(device: torch.device) -> float:
 class Harness:
     """Prefill, then greedy decode with a static cache; the same code times every model."""
 
-    def __init__(self, model: nn.Module, batch: int, prompt: int, new_tokens: int, use_graphs: bool):
+    def __init__(self, model: nn.Module, batch: int, prompt: int, new_tokens: int, use_graphs: bool,
+                 compile: bool = False):
         self.model, self.batch, self.prompt, self.new_tokens = model, batch, prompt, new_tokens
         self.device = next(model.parameters()).device
         self.max_len = prompt + new_tokens
         self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
-        self.step = GraphedDecodeStep(model, use_graphs)
+        self.step = GraphedDecodeStep(model, use_graphs, compile)
         self.positions = torch.arange(self.max_len, device=self.device)  # (max_len,)
         gen = torch.Generator(device="cpu").manual_seed(batch)
         vocab = model.config.vocab_size
@@ -193,11 +196,12 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
 
 
-def graph_checks(model: nn.Module, prompt: int, steps: int = CHECK_STEPS) -> dict:
-    """Graph replay against eager decoding at batch 1. Greedy tokens can only be compared exactly where
-    the kernels are deterministic: the W4 kernels split K with atomic adds, whose order varies, so for
-    them the logits of each step, fed the same tokens, are compared instead."""
-    graphed, eager = (Harness(model, 1, prompt, steps, use_graphs) for use_graphs in (True, False))
+def graph_checks(model: nn.Module, prompt: int, compile: bool, steps: int = CHECK_STEPS) -> dict:
+    """Graph replay (of the compiled step with `compile`) against eager decoding at batch 1: greedy tokens,
+    and the logits of each step fed the same tokens (greedy tokens may part where logits nearly tie).
+    Eager runs repeat exactly (the split-K sums have a fixed order); a compiled step fuses and reorders
+    the fp16 arithmetic of the ops around the products, so its logits differ slightly from eager ones."""
+    graphed, eager = Harness(model, 1, prompt, steps, True, compile), Harness(model, 1, prompt, steps, False)
     tokens, _, _ = graphed.run(steps)
     eager_tokens, _, _ = eager.run(steps)
     again, _, _ = eager.run(steps)
@@ -205,7 +209,8 @@ def graph_checks(model: nn.Module, prompt: int, steps: int = CHECK_STEPS) -> dic
     graph_logits, eager_logits = graphed.forced_logits(forced), eager.forced_logits(forced)
     eager_again_logits = eager.forced_logits(forced)  # the kernels' own run-to-run spread, for scale
     return dict(
-        steps=steps, graphed=graphed.step.graphed, graph_tokens_equal_eager=bool(torch.equal(tokens, eager_tokens)),
+        steps=steps, graphed=graphed.step.graphed, compiled=graphed.step.compiled,
+        fallback_reason=graphed.step.fallback_reason, graph_tokens_equal_eager=bool(torch.equal(tokens, eager_tokens)),
         eager_tokens_equal_eager_again=bool(torch.equal(eager_tokens, again)),
         logits_relative_difference=relative_difference(graph_logits, eager_logits),
         eager_run_to_run_logits_relative_difference=relative_difference(eager_again_logits, eager_logits),
@@ -213,13 +218,16 @@ def graph_checks(model: nn.Module, prompt: int, steps: int = CHECK_STEPS) -> dic
 
 
 def measure(model, label, kernel, batch, args, bandwidth, use_graphs=True) -> tuple[Row, torch.Tensor]:
+    label = f"{label}+compile" if args.compile else label
     device = next(model.parameters()).device
     gc.collect()  # the previous row's cache and graph are garbage now: free them before this row's peak
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)  # the peak covers this row's cache, graph and prefill
-    harness = Harness(model, batch, args.prompt, args.new_tokens, use_graphs)
-    harness.run(WARMUP_TOKENS)
+    harness = Harness(model, batch, args.prompt, args.new_tokens, use_graphs, args.compile)
+    start = time.perf_counter()
+    harness.run(WARMUP_TOKENS)  # compiles (Triton, and with --compile the model), captures the graph
+    warmup = time.perf_counter() - start
     tokens, ttft, decode = harness.run(args.new_tokens)
     steps = args.new_tokens - 1
     peak = torch.cuda.max_memory_allocated(harness.device) / 2**30 if harness.device.type == "cuda" else float("nan")
@@ -227,13 +235,13 @@ def measure(model, label, kernel, batch, args, bandwidth, use_graphs=True) -> tu
     per_step = decode / steps
     row = Row(
         label, kernel, batch, args.prompt, args.new_tokens, 1e3 * ttft, 1e3 * per_step, batch * steps / decode,
-        peak, harness.step.graphed, 1e3 * floor, floor / per_step, harness.step.fallback_reason or "",
+        peak, harness.step.graphed, 1e3 * floor, floor / per_step, warmup, harness.step.fallback_reason or "",
     )  # fmt: skip
     return row, tokens
 
 
 @torch.no_grad()
-def generate_check(model: nn.Module, prompt: int, new_tokens: int) -> dict:
+def generate_check(model: nn.Module, prompt: int, new_tokens: int, compile: bool) -> dict:
     """The user-facing path at batch 1: `generate()` with `enable_fast_decode` (static cache, graphed
     decode steps) against the same static cache decoded eagerly, and the default dynamic cache."""
     device = next(model.parameters()).device
@@ -250,7 +258,7 @@ def generate_check(model: nn.Module, prompt: int, new_tokens: int) -> dict:
         return tokens, new_tokens / (time.perf_counter() - start)
 
     _, dynamic_rate = timed()
-    step = enable_fast_decode(model)
+    step = enable_fast_decode(model, compile=compile)
     _, static_rate = timed(disable_compile=True)  # static cache, decode steps not handed to our step
     _, fast_rate = timed()
     # What fast decoding computed against one plain forward over the whole sequence (no cache).
@@ -266,9 +274,9 @@ def generate_check(model: nn.Module, prompt: int, new_tokens: int) -> dict:
 
 
 def print_row(row: Row) -> None:
-    print(f"{row.model:<13}{row.kernel:<7}{row.batch:>6}{row.ttft_ms:>10.1f}{row.decode_ms_per_step:>10.2f}"
+    print(f"{row.model:<17}{row.kernel:<7}{row.batch:>6}{row.ttft_ms:>10.1f}{row.decode_ms_per_step:>10.2f}"
           f"{row.decode_tokens_per_s:>11.1f}{row.peak_memory_gib:>9.2f}{str(row.graphed):>8}"
-          f"{row.floor_ms_per_step:>9.2f}{row.fraction_of_floor:>8.0%}  {row.note}", flush=True)  # fmt: skip
+          f"{row.floor_ms_per_step:>9.2f}{row.fraction_of_floor:>8.0%}{row.warmup_s:>8.1f}  {row.note}", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -279,18 +287,22 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--no-graphs", action="store_true", help="decode eagerly (no CUDA graphs)")
+    parser.add_argument("--compile", action="store_true",
+                        help="decode steps run the torch.compile'd forward (inside the CUDA graph) for every model")
     parser.add_argument("--out", type=Path, help="also write the result file here")
     args = parser.parse_args()
     device = torch.device(args.device)
     batches = [int(b) for b in args.batches.split(",")]
     use_graphs = not args.no_graphs
+    # One compile per model and batch size (plus the forced-kernel rows): above Dynamo's default limit.
+    torch._dynamo.config.cache_size_limit = torch._dynamo.config.recompile_limit = 64
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else 100e9  # CPU: a nominal figure
     print(f"{gpu}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
     name = "".join(c if c.isalnum() else "_" for c in gpu)
     results = Path(__file__).resolve().parent / "results" if device.type == "cuda" else Path(tempfile.mkdtemp())
-    path = results / f"decode_{name}.json"
+    path = results / f"decode_{name}{'_compile' if args.compile else ''}.json"
     import transformers
     import triton
 
@@ -307,8 +319,8 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / path.name).write_text(path.read_text())
 
-    print(f"{'model':<13}{'kernel':<7}{'batch':>6}{'TTFT ms':>10}{'ms/step':>10}{'tokens/s':>11}{'peak GiB':>9}"
-          f"{'graph':>8}{'floor ms':>9}{'floor %':>8}", flush=True)  # fmt: skip
+    print(f"{'model':<17}{'kernel':<7}{'batch':>6}{'TTFT ms':>10}{'ms/step':>10}{'tokens/s':>11}{'peak GiB':>9}"
+          f"{'graph':>8}{'floor ms':>9}{'floor %':>8}{'warm s':>8}", flush=True)  # fmt: skip
     model = build_model(args.shape, device)
     record(measure(model, "fp16-unfused", "cublas", 1, args, bandwidth, use_graphs)[0])
     fuse_linears(model)
@@ -317,7 +329,7 @@ def main() -> None:
         fp16_rows[batch], _ = measure(model, "fp16", "cublas", batch, args, bandwidth, use_graphs)
         record(fp16_rows[batch])
 
-    result["checks"]["fp16_graph_vs_eager"] = graph_checks(model, args.prompt)
+    result["checks"]["fp16_graph_vs_eager"] = graph_checks(model, args.prompt, args.compile)
     print(f"fp16 graph vs eager: {result['checks']['fp16_graph_vs_eager']}", flush=True)
 
     seconds = quantize_in_place(model)
@@ -328,14 +340,14 @@ def main() -> None:
     for batch in batches:
         w4_rows[batch], _ = measure(model, "w4", "auto", batch, args, bandwidth, use_graphs)
         record(w4_rows[batch])
-    result["checks"]["w4_graph_vs_eager"] = graph_checks(model, args.prompt)
+    result["checks"]["w4_graph_vs_eager"] = graph_checks(model, args.prompt, args.compile)
     print(f"W4 graph vs eager: {result['checks']['w4_graph_vs_eager']}", flush=True)
     for kernel in ("gemv", "gemm") if device.type == "cuda" else ():  # single-query latency at M = 1
         set_kernel(model, kernel)
         record(measure(model, "w4", kernel, 1, args, bandwidth, use_graphs)[0])
     set_kernel(model, "auto")
 
-    result["checks"]["w4_generate_batch1"] = generate_check(model, args.prompt, GENERATE_TOKENS)
+    result["checks"]["w4_generate_batch1"] = generate_check(model, args.prompt, GENERATE_TOKENS, args.compile)
     print(f"generate() at batch 1: {result['checks']['w4_generate_batch1']}", flush=True)
 
     speedups = {b: w4_rows[b].decode_tokens_per_s / fp16_rows[b].decode_tokens_per_s for b in batches}
@@ -344,7 +356,8 @@ def main() -> None:
     result["w4_over_fp16_unfused_batch1"] = w4_rows[batches[0]].decode_tokens_per_s / unfused
     checks = result["checks"]
     result["passed"] = bool(
-        checks["fp16_graph_vs_eager"]["graph_tokens_equal_eager"]
+        (checks["fp16_graph_vs_eager"]["graph_tokens_equal_eager"]
+         or (args.compile and checks["fp16_graph_vs_eager"]["logits_relative_difference"] < LOGITS_RTOL))
         and checks["w4_graph_vs_eager"]["logits_relative_difference"] < LOGITS_RTOL
         and checks["w4_generate_batch1"]["logits_relative_difference_to_full_forward"] < LOGITS_RTOL
     )  # fmt: skip

@@ -37,8 +37,7 @@ class Rule:
 DISPATCH_TABLE: tuple[Rule, ...] = (
     Rule(2, KernelChoice.GEMV,
          "M<=2: the CUDA-core GEMV beat the tensor-core GEMM (which pads M to 16) on the wide layers at M=1 "
-         "on the H100 (12288x4096: 22.0 vs 23.2 us, 28672x8192: 66.2 vs ~90 us); narrow layers have measured "
-         "entries that pick the GEMM (4096x4096: 10.8 vs 17.6 us)"),
+         "on the H100 (12288x4096: 20.6 vs 24.0 us, 28672x8192: 68.1 vs 89.0 us, 4096x4096: 10.4 vs 11.4 us)"),
     Rule(128, KernelChoice.GEMM,
          "2<M<=128: the GEMV pays one FFMA and one activation conversion per weight and row, so from M=4 the "
          "fused GEMM (one dequantisation per weight per M tile, tensor cores) wins (12288x4096 M=4: 24.3 vs "

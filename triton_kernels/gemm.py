@@ -20,7 +20,7 @@ import triton.language as tl
 from .configs import GemmConfig
 from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
 from .prepare import PACK_K, PreparedWeight
-from .splitk import split_output as _output
+from .splitk import split_buffers, store_partial
 
 
 @triton.jit
@@ -43,10 +43,10 @@ def _slab_dot(x_ptr, offs_m, mask_m, stride_xm, K, words, high, z, base_bits, b,
 
 @triton.jit
 def gemm_kernel(
-    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr,
-    M, N, K, stride_xm, stride_ym, blocks_per_split, base_bits,
+    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
+    M, N, K, stride_xm, stride_ym, blocks_per_split, split_k, base_bits,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr, DOT_F32: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     # M tiles vary fastest, so the programs that share one weight tile run together and hit L2.
     pid = tl.program_id(0)
@@ -82,11 +82,10 @@ def gemm_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc += bias * (pid_k == 0).to(tl.float32)
-    y_ptrs = y_ptr + offs_m * stride_ym + offs_n
-    if ATOMIC:
-        tl.atomic_add(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
+    if SPLIT:
+        store_partial(acc, y_ptr, ws_ptr, count_ptr, pid, pid_k, split_k, M, N, offs_m, offs_n, stride_ym)
     else:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
+        tl.store(y_ptr + offs_m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
 
 
 def _interpreter_bf16(x: torch.Tensor) -> bool:
@@ -105,14 +104,13 @@ def gemm(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     split_k = max(1, min(config.split_k, n_blocks))
     blocks_per_split = triton.cdiv(n_blocks, split_k)
     split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
-    atomic = split_k > 1
-    y = _output(m, n, x, atomic)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split_k)
+    y, workspace, counters = split_buffers(m, n, x, split_k, grid[0])
     gemm_kernel[grid](
-        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y,
-        m, n, k, x.stride(0), y.stride(0), blocks_per_split, FLOAT_2_23_BITS,
+        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
+        m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k, FLOAT_2_23_BITS,
         GROUP=weight.group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        HAS_BIAS=bias is not None, ATOMIC=atomic, DOT_F32=_interpreter_bf16(x),
+        HAS_BIAS=bias is not None, SPLIT=split_k > 1, DOT_F32=_interpreter_bf16(x),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    return y.to(x.dtype)
+    return y

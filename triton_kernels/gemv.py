@@ -10,7 +10,7 @@ reused for every column the thread holds.
 Per weight the loop issues one LOP3 (`nibbles.nibble_float`: mask and OR into an exact float),
 one FADD (minus the zero point in the same form) and one FFMA per row of x; the scale is applied
 once per group to the partial sum. Products are accumulated element-wise in registers and reduced
-once at the end. Split-K partial sums meet through atomic adds into a zero-initialised output.
+once at the end. Split-K partial sums meet in a fixed order (`splitk.store_partial`).
 
 Measured on the H100 (benchmarks/README.md): this loop issues about 4.8 instructions per weight
 against 7.3 for the previous version, yet runs in the same time, about twice as long as a kernel
@@ -30,7 +30,7 @@ import triton.language as tl
 from .configs import GemvConfig
 from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
 from .prepare import PACK_K, SLAB_K, PreparedWeight
-from .splitk import split_output as _output
+from .splitk import split_buffers, store_partial
 
 
 @triton.jit
@@ -124,10 +124,10 @@ def _step(b, b_end, acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1,
 
 @triton.jit
 def gemv_kernel(
-    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr,
-    M, N, K, stride_xm, stride_ym, blocks_per_split, base_bits,
+    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
+    M, N, K, stride_xm, stride_ym, blocks_per_split, split_k, base_bits,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUBTILES: tl.constexpr,
-    PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
+    PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     # SUBTILES = 2 splits the BLOCK_N columns into two tiles that share every activation load and
@@ -177,27 +177,28 @@ def gemv_kernel(
                 x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
                 base_bits, GROUP, BLOCK_M, SUB, SUBTILES, PREFETCH, EVEN_N, EVEN_K)
 
-    _store(acc0, y_ptr, bias_ptr, pid_k, pid_n * BLOCK_N, M, N, stride_ym, BLOCK_M, SUB, HAS_BIAS, ATOMIC)
+    _store(acc0, y_ptr, bias_ptr, ws_ptr, count_ptr, SUBTILES * pid_n, pid_k, split_k, pid_n * BLOCK_N, M, N,
+           stride_ym, BLOCK_M, SUB, HAS_BIAS, SPLIT)
     if SUBTILES == 2:
-        _store(acc1, y_ptr, bias_ptr, pid_k, pid_n * BLOCK_N + SUB, M, N, stride_ym, BLOCK_M, SUB, HAS_BIAS, ATOMIC)
+        _store(acc1, y_ptr, bias_ptr, ws_ptr, count_ptr, 2 * pid_n + 1, pid_k, split_k, pid_n * BLOCK_N + SUB, M, N,
+               stride_ym, BLOCK_M, SUB, HAS_BIAS, SPLIT)
 
 
 @triton.jit
-def _store(acc, y_ptr, bias_ptr, pid_k, n0, M, N, stride_ym, BLOCK_M: tl.constexpr, SUB: tl.constexpr,
-           HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr):
-    """Reduce the (BM, SUB, 4, 4) element-wise sums and write (or atomically add) columns n0 .. n0 + SUB."""
+def _store(acc, y_ptr, bias_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, n0, M, N, stride_ym,
+           BLOCK_M: tl.constexpr, SUB: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    """Reduce the (BM, SUB, 4, 4) element-wise sums and write columns n0 .. n0 + SUB (with SPLIT, this
+    split's partial, summed with the others by the tile's last program)."""
     y = tl.sum(tl.sum(acc, axis=3), axis=2)  # (BM, SUB)
     offs_m = tl.arange(0, BLOCK_M)[:, None]  # (BM, 1)
     offs_n = n0 + tl.arange(0, SUB)[None, :]  # (1, SUB)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
         y += bias * (pid_k == 0).to(tl.float32)
-    y_ptrs = y_ptr + offs_m * stride_ym + offs_n
-    mask = (offs_m < M) & (offs_n < N)
-    if ATOMIC:
-        tl.atomic_add(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if SPLIT:
+        store_partial(y, y_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, M, N, offs_m, offs_n, stride_ym)
     else:
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + offs_m * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=(offs_m < M) & (offs_n < N))
 
 
 def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemvConfig) -> torch.Tensor:
@@ -214,18 +215,17 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     split_k = max(1, min(config.split_k, n_blocks))
     blocks_per_split = triton.cdiv(n_blocks, split_k)
     split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
-    atomic = split_k > 1
-    y = _output(m, n, x, atomic)
     grid = (triton.cdiv(n, config.block_n), split_k)
+    y, workspace, counters = split_buffers(m, n, x, split_k, grid[0] * config.subtiles)
     gemv_kernel[grid](
-        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y,
-        m, n, k, x.stride(0), y.stride(0), blocks_per_split, FLOAT_2_23_BITS,
+        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
+        m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k, FLOAT_2_23_BITS,
         GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n, SUBTILES=config.subtiles,
         PREFETCH=config.prefetch, LOOP_STAGES=config.loop_stages,
-        HAS_BIAS=bias is not None, ATOMIC=atomic, EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
+        HAS_BIAS=bias is not None, SPLIT=split_k > 1, EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    return y.to(x.dtype)
+    return y
 
 
 assert SLAB_K == 16 and PACK_K == 128, "kernels hard-code 16-row slabs of 128-row blocks"

@@ -1,9 +1,10 @@
 """`w4a16_linear`: the public entry, registered as the torch custom op `awqflow::w4a16_linear`.
 
 Being a custom op with a fake (meta) implementation, it traces under `torch.compile` without graph
-breaks and replays inside CUDA graphs. On CPU, or on GPUs older than `dispatch.MIN_CAPABILITY`, it
-runs the PyTorch reference: dequantise (same arithmetic as `awq_layout.dequantize_awq_gemm`), then
-matmul.
+breaks and replays inside CUDA graphs. The kernel choice ("auto": `dispatch.select_kernel`) is made
+inside the op, at run time, so a compiled graph holds no device queries or table lookups. On CPU, or
+on GPUs older than `dispatch.MIN_CAPABILITY`, it runs the PyTorch reference: dequantise (same
+arithmetic as `awq_layout.dequantize_awq_gemm`), then matmul.
 """
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ def device_name(device: torch.device) -> str | None:
     return _device_info(device.index if device.index is not None else torch.cuda.current_device())[0]
 
 
+AUTO = "auto"  # the op's `kernel` argument that lets `select_kernel` decide
+
+
+def resolve_kernel(m: int, weight: PreparedWeight, device: torch.device) -> KernelChoice:
+    """The kernel `select_kernel` picks for M rows of x on `device`."""
+    return select_kernel(m, weight.out_features, weight.in_features, device_capability(device), device_name(device))
+
+
 def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, kernel: KernelChoice) -> torch.Tensor:
     """x (M, K) -> (M, N) with the named kernel."""
     m, n, k = x.shape[0], weight.out_features, weight.in_features
@@ -72,7 +81,8 @@ def _w4a16_linear_op(
     kernel: str,
 ) -> torch.Tensor:
     weight = PreparedWeight(qweight, zeros, scales, group_size, in_features, qweight.shape[1])
-    return _run(x, weight, bias, KernelChoice(kernel))
+    choice = resolve_kernel(x.shape[0], weight, x.device) if kernel == AUTO else KernelChoice(kernel)
+    return _run(x, weight, bias, choice)
 
 
 @_w4a16_linear_op.register_fake
@@ -94,14 +104,10 @@ def w4a16_linear(
     x2 = x.reshape(-1, weight.in_features)  # (M, K)
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) != weight.in_features):
         x2 = x2.contiguous()
-    m = max(x2.shape[0], 1)
-    if kernel is None:
-        kernel = select_kernel(
-            m, weight.out_features, weight.in_features, device_capability(x.device), device_name(x.device)
-        )
     if x2.shape[0] == 0:
         return x.new_empty((*lead, weight.out_features))
     y = torch.ops.awqflow.w4a16_linear(
-        x2, weight.qweight, weight.zeros, weight.scales, bias, weight.group_size, weight.in_features, kernel.value
+        x2, weight.qweight, weight.zeros, weight.scales, bias, weight.group_size, weight.in_features,
+        AUTO if kernel is None else kernel.value,
     )
     return y.reshape(*lead, weight.out_features)

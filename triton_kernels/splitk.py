@@ -1,17 +1,65 @@
-"""Where split-K partial sums meet: atomic adds into a zero-initialised output.
+"""Where split-K partial sums meet: a fixed-order sum by the last program of each output tile.
 
-fp16 outputs take the adds directly (hardware fp16 atomics). bf16 partial sums go through a
-float32 buffer that the caller casts back: bf16 atomics are missing before sm_90 and in Triton's
-CPU interpreter, and each bf16 add would round to 8 bits of mantissa.
+Each of a tile's `split_k` programs writes its float32 partial sum to its own slice of a workspace,
+then counts itself in on the tile's arrival counter. The program that arrives last adds the partials
+in split order (0, 1, ...), writes the output in its dtype and resets the counter to 0 for the next
+launch. Compared with atomic adds into a zeroed output this
+- gives the same bits on every run (atomic adds land in arrival order, so fp16 sums differed from
+  run to run by ~1e-3 of the logits' scale, and greedy decoding could flip on near ties);
+- needs no zeroing kernel before the product and, for bf16, no float32 buffer and cast after it;
+- keeps the partials in float32 until the one final rounding.
+
+The counters live in one zero-initialised int32 buffer per device, created on first use (outside any
+CUDA graph capture: a graph captured before it exists would not hold its zeroing). Launches on one
+stream run one after another and each leaves its counters at 0; two split-K launches running at the
+same time on different streams of one device would share counters, which this module does not support.
 """
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+MAX_TILES = 1 << 16  # arrival counters per device: output tiles of one split-K launch
 
 
-def split_output(m: int, n: int, x: torch.Tensor, atomic: bool) -> torch.Tensor:
-    """(M, N) output buffer: uninitialised for a single split, zeros (fp32 for bf16) for atomic adds."""
-    if not atomic:
-        return torch.empty((m, n), device=x.device, dtype=x.dtype)
-    dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
-    return torch.zeros((m, n), device=x.device, dtype=dtype)
+@triton.jit
+def store_partial(acc, y_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, M, N, offs_m, offs_n, stride_ym):
+    """Write this split's (BM, BN) float32 `acc` of output rows `offs_m` (BM, 1) and columns `offs_n`
+    (1, BN); the last of the tile's `split_k` programs to arrive sums all splits and writes y."""
+    mask = (offs_m < M) & (offs_n < N)
+    tl.store(ws_ptr + pid_k * M * N + offs_m * N + offs_n, acc, mask=mask)
+    tl.debug_barrier()  # every thread's partial is written before the counter says so
+    arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")  # release our partial, acquire the others'
+    if arrived == split_k - 1:
+        total = tl.zeros(acc.shape, dtype=tl.float32)
+        for s in range(0, split_k):  # split order, whoever finished first
+            # .cg reads from L2, where the other programs' writes are, never from a stale L1 line
+            total += tl.load(ws_ptr + s * M * N + offs_m * N + offs_n, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(y_ptr + offs_m * stride_ym + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(count_ptr + tile, 0)  # ready for the next launch
+
+
+_counters: dict[torch.device, torch.Tensor] = {}  # per device: MAX_TILES int32, zero between launches
+
+
+def arrival_counters(device: torch.device) -> torch.Tensor:
+    """The device's zeroed arrival counters, created on the first split-K launch there."""
+    counters = _counters.get(device)
+    if counters is None:
+        assert not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()), (
+            "the first split-K W4A16 product on a device must run before any CUDA graph capture (warm up first)"
+        )
+        counters = _counters[device] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+    return counters
+
+
+def split_buffers(m: int, n: int, x: torch.Tensor, split_k: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output (M, N) in x's dtype, float32 workspace (split_k, M, N), arrival counters) for a launch."""
+    assert tiles <= MAX_TILES, f"{tiles} output tiles exceed the {MAX_TILES} arrival counters: use larger tiles"
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if split_k == 1:
+        return y, y, y  # unused: a single split stores its tile directly
+    device = x.device if x.device.index is not None or x.device.type != "cuda" else torch.device("cuda", torch.cuda.current_device())
+    workspace = torch.empty((split_k, m, n), device=x.device, dtype=torch.float32)
+    return y, workspace, arrival_counters(device)

@@ -83,6 +83,7 @@ def test_autoawq_workflow_on_a_tiny_model(tmp_path, monkeypatch):
     assert isinstance(loaded.model.layers[1].mlp.up_proj, LinearShard)
     assert all(m.kernel is KernelMode.TORCH for m in loaded.modules() if isinstance(m, WQLinear))
     assert loaded.generation_config.cache_implementation == "static"
+    assert loaded.fast_decode_step.compiled, "fast_decode=True decodes with the compiled step"
     assert loaded.config._attn_implementation == "sdpa"
 
     x = tokenizer("numbers and words", return_tensors="pt")
@@ -104,6 +105,15 @@ def test_autoawq_workflow_on_a_tiny_model(tmp_path, monkeypatch):
 def test_from_quantized_checks_its_options(tmp_path):
     with pytest.raises(ValueError, match="kernel='cuda'"):
         AutoQuantForCausalLM.from_quantized(tmp_path, kernel="cuda")
+    with pytest.raises(ValueError, match="fast_decode='fast'.*'graphs'"):
+        AutoQuantForCausalLM.from_quantized(tmp_path, fast_decode="fast")
+
+
+@pytest.mark.parametrize("value, compiles", [(True, True), ("compile", True), ("graphs", False)])
+def test_fast_decode_values(value, compiles):
+    from awqflow.api import fast_decode_compiles
+
+    assert fast_decode_compiles(value) is compiles
 
 
 def test_autogptq_dict_gives_a_gptq_config():
