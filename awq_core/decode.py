@@ -104,7 +104,11 @@ class GraphedDecodeStep:
         self.fallback_reason: str | None = None  # why the last call ran eagerly, if it did
         # What a step runs: the model itself, or its torch.compile'd forward (compiled on first use).
         self.forward = torch.compile(model, dynamic=False, backend=compile_backend) if compile else model
-        self.compiled = compile
+
+    @property
+    def compiled(self) -> bool:
+        """Whether steps run the compiled forward (False after a compile failure fell back to eager)."""
+        return self.forward is not self.model
 
     def _run(self, inputs: dict[str, Any]) -> Any:
         """One step through `forward`; if compiling fails, go on eagerly and keep the reason."""
@@ -113,7 +117,7 @@ class GraphedDecodeStep:
         try:
             return self.forward(**inputs)
         except torch._dynamo.exc.TorchDynamoException as e:
-            self.forward, self.compiled = self.model, False
+            self.forward = self.model
             self.fallback_reason = f"torch.compile failed: {' '.join(str(e).split())[:400]}"
             return self.forward(**inputs)
 

@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import LlamaConfig, LlamaForCausalLM, StaticCache  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernels as kb  # noqa: E402  (benchmarks/kernels.py: the copy-bandwidth probe)
+
 from awq_core.checkpoint import replace_linears  # noqa: E402
 from awq_core.decode import GraphedDecodeStep, enable_fast_decode  # noqa: E402
 from awq_core.fused_linear import fuse_linears  # noqa: E402
@@ -55,7 +58,6 @@ WARMUP_TOKENS = 4  # enough to compile every kernel and capture the decode graph
 GENERATE_TOKENS = 64  # the generate() check: eager decoding of a 7B model is slow
 CHECK_STEPS = 16  # decode steps compared between graph replay and eager decoding
 LOGITS_RTOL = 1e-2  # fp16 logits of two kernel orders agree to about 1e-3 of their scale
-COPY_BYTES = 1 << 30  # copy-bandwidth probe: 1 GiB, far past the L2 cache
 
 
 @dataclass
@@ -115,23 +117,6 @@ def kv_bytes_per_step(config: LlamaConfig, batch: int, prompt: int, new_tokens: 
     per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2
     mean_length = prompt + (new_tokens - 1) / 2
     return batch * per_token * mean_length
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Device-to-device copy, bytes read + written per second (median of 10)."""
-    if device.type != "cuda":
-        return float("nan")
-    src = torch.empty(COPY_BYTES // 2, dtype=torch.float16, device=device)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(12):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * COPY_BYTES / sorted(times[2:])[len(times[2:]) // 2]
 
 
 class Harness:
@@ -298,7 +283,7 @@ def main() -> None:
     torch._dynamo.config.cache_size_limit = torch._dynamo.config.recompile_limit = 64
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
-    bandwidth = copy_bandwidth(device) if device.type == "cuda" else 100e9  # CPU: a nominal figure
+    bandwidth = kb.copy_bandwidth(device) if device.type == "cuda" else 100e9  # CPU: a nominal figure
     print(f"{gpu}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
     name = "".join(c if c.isalnum() else "_" for c in gpu)
     results = Path(__file__).resolve().parent / "results" if device.type == "cuda" else Path(tempfile.mkdtemp())
@@ -324,24 +309,24 @@ def main() -> None:
     model = build_model(args.shape, device)
     record(measure(model, "fp16-unfused", "cublas", 1, args, bandwidth, use_graphs)[0])
     fuse_linears(model)
-    fp16_rows = {}
-    for batch in batches:
-        fp16_rows[batch], _ = measure(model, "fp16", "cublas", batch, args, bandwidth, use_graphs)
-        record(fp16_rows[batch])
 
-    result["checks"]["fp16_graph_vs_eager"] = graph_checks(model, args.prompt, args.compile)
-    print(f"fp16 graph vs eager: {result['checks']['fp16_graph_vs_eager']}", flush=True)
+    def measure_batches(label: str, kernel: str) -> dict[int, Row]:
+        """Every batch size's row, then the graph-vs-eager check at batch 1, for the model as it is now."""
+        rows = {}
+        for batch in batches:
+            rows[batch], _ = measure(model, label, kernel, batch, args, bandwidth, use_graphs)
+            record(rows[batch])
+        result["checks"][f"{label}_graph_vs_eager"] = graph_checks(model, args.prompt, args.compile)
+        print(f"{label} graph vs eager: {result['checks'][f'{label}_graph_vs_eager']}", flush=True)
+        return rows
+
+    fp16_rows = measure_batches("fp16", "cublas")
 
     seconds = quantize_in_place(model)
     n_layers = sum(isinstance(m, WQLinear) for m in model.modules())
     result["quantize_seconds"], result["w4_layers"] = seconds, n_layers
     print(f"quantized {n_layers} (fused) linears to W4 g{GROUP_SIZE} in {seconds:.1f} s", flush=True)
-    w4_rows = {}
-    for batch in batches:
-        w4_rows[batch], _ = measure(model, "w4", "auto", batch, args, bandwidth, use_graphs)
-        record(w4_rows[batch])
-    result["checks"]["w4_graph_vs_eager"] = graph_checks(model, args.prompt, args.compile)
-    print(f"W4 graph vs eager: {result['checks']['w4_graph_vs_eager']}", flush=True)
+    w4_rows = measure_batches("w4", "auto")
     for kernel in ("gemv", "gemm") if device.type == "cuda" else ():  # single-query latency at M = 1
         set_kernel(model, kernel)
         record(measure(model, "w4", kernel, 1, args, bandwidth, use_graphs)[0])

@@ -159,9 +159,9 @@ def time_ring(fn, ring: list, x: torch.Tensor, replays: int = REPLAYS) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth() -> float:
+def copy_bandwidth(device: torch.device | str = "cuda") -> float:
     """Bytes per second of a 1 GiB device-to-device copy, counting bytes read plus written."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
+    src = torch.empty(2**30, dtype=torch.uint8, device=device).random_()
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)

@@ -44,11 +44,6 @@ def device_name(device: torch.device) -> str | None:
 AUTO = "auto"  # the op's `kernel` argument that lets `select_kernel` decide
 
 
-def resolve_kernel(m: int, weight: PreparedWeight, device: torch.device) -> KernelChoice:
-    """The kernel `select_kernel` picks for M rows of x on `device`."""
-    return select_kernel(m, weight.out_features, weight.in_features, device_capability(device), device_name(device))
-
-
 def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, kernel: KernelChoice) -> torch.Tensor:
     """x (M, K) -> (M, N) with the named kernel."""
     m, n, k = x.shape[0], weight.out_features, weight.in_features
@@ -81,7 +76,11 @@ def _w4a16_linear_op(
     kernel: str,
 ) -> torch.Tensor:
     weight = PreparedWeight(qweight, zeros, scales, group_size, in_features, qweight.shape[1])
-    choice = resolve_kernel(x.shape[0], weight, x.device) if kernel == AUTO else KernelChoice(kernel)
+    if kernel == AUTO:
+        choice = select_kernel(x.shape[0], weight.out_features, in_features, device_capability(x.device),
+                               device_name(x.device))  # fmt: skip
+    else:
+        choice = KernelChoice(kernel)
     return _run(x, weight, bias, choice)
 
 

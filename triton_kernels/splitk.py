@@ -60,6 +60,5 @@ def split_buffers(m: int, n: int, x: torch.Tensor, split_k: int, tiles: int) -> 
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     if split_k == 1:
         return y, y, y  # unused: a single split stores its tile directly
-    device = x.device if x.device.index is not None or x.device.type != "cuda" else torch.device("cuda", torch.cuda.current_device())
     workspace = torch.empty((split_k, m, n), device=x.device, dtype=torch.float32)
-    return y, workspace, arrival_counters(device)
+    return y, workspace, arrival_counters(x.device)  # a CUDA tensor's device always names its index
