@@ -38,17 +38,21 @@ MAX_WAVES = 32  # skip grids over 32 programs per multiprocessor
 CONFIRM_REPLAYS = 25
 
 
-def candidates(n: int, k: int, sms: int) -> list[GemvConfig]:
+def candidates(n: int, k: int, sms: int, space: dict) -> list[GemvConfig]:
     blocks = -(-k // 128)
     out = []
-    for block_n, subtiles, warps in TILES:
-        for split in SPLITS:
+    for block_n, subtiles, warps in space["tiles"]:
+        for split in space["splits"]:
             if split > blocks or -(-n // block_n) * split > sms * MAX_WAVES:
                 continue
-            for stages in LOOP_STAGES:
-                for prefetch in (False, True):
-                    out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
-                                          subtiles=subtiles, prefetch=prefetch, loop_stages=stages))
+            for step in space["steps"]:
+                if step > -(-blocks // split):
+                    continue  # a step longer than the split's blocks only adds empty loads
+                for stages in space["stages"]:
+                    for prefetch in (False, True):
+                        out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
+                                              subtiles=subtiles, prefetch=prefetch, loop_stages=stages,
+                                              blocks_per_step=step))
     return out
 
 
@@ -70,17 +74,17 @@ def compiled_report() -> list[dict]:
 
 def label(c: GemvConfig) -> str:
     return (f"bn{c.block_n}/sub{c.subtiles}/w{c.num_warps}/split{c.split_k}/"
-            f"{'pf' if c.prefetch else 'nopf'}/stages{c.loop_stages}")
+            f"{'pf' if c.prefetch else 'nopf'}/stages{c.loop_stages}/step{c.blocks_per_step}")
 
 
-def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part) -> dict:
+def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict) -> dict:
     name = torch.cuda.get_device_name(0)
     w0 = kb.random_prepared(n, k)
     ring = [w0] + [kb.random_prepared(n, k) for _ in range(kb.ring_length(kb.prepared_bytes(w0)) - 1)]
     x = torch.randn((1, k), device="cuda", dtype=torch.float16)
     tuned = configs.gemv_config(name, n, k, 1, sms)
     tried = []
-    for index, cfg in enumerate(candidates(n, k, sms)):
+    for index, cfg in enumerate(candidates(n, k, sms, space)):
         if kb.WARM_ONLY and not kb.in_part(index, part):
             continue
         try:
@@ -93,13 +97,18 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part) -> dict:
         del ring, w0
         return {}
     ok = [r for r in tried if "us" in r]
-    best_plain = min((r for r in ok if r["config"]["loop_stages"] == 0), key=lambda r: r["us"])
-    best_piped = min((r for r in ok if r["config"]["loop_stages"] > 0), key=lambda r: r["us"])
+    families = {"best_plain": lambda c: c["loop_stages"] == 0, "best_pipelined": lambda c: c["loop_stages"] > 0}
+    for step in space["steps"]:
+        families[f"best_step{step}"] = lambda c, step=step: c.get("blocks_per_step", 1) == step
+    best = {}
+    for family, member in families.items():
+        rows = [r for r in ok if member(r["config"])]
+        if rows:
+            best[family] = min(rows, key=lambda r: r["us"])
     # The tuned tile with only the pipeline depth changed: the pipeliner's effect alone.
     same_tile = {s: next((r["us"] for r in ok if r["config"] == configs.as_entry(
-        GemvConfig(**{**configs.as_entry(tuned), "loop_stages": s}))), None) for s in LOOP_STAGES}
-    finalists = {"tuned": tuned, "best_plain": GemvConfig(**best_plain["config"]),
-                 "best_pipelined": GemvConfig(**best_piped["config"])}
+        GemvConfig(**{**configs.as_entry(tuned), "loop_stages": s}))), None) for s in space["stages"]}
+    finalists = {"tuned": tuned, **{family: GemvConfig(**r["config"]) for family, r in best.items()}}
     gemm_cfg = configs.gemm_config(name, n, k, 1, sms)
     confirm = {}
     for rep in range(2):  # two passes: the spread between them is the noise
@@ -124,10 +133,10 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part) -> dict:
                finalists={kk: configs.as_entry(c) for kk, c in finalists.items()}, confirm_us=confirm,
                tuned_with_loop_stages_us=same_tile, tried=tried)
     med = {kk: min(v) for kk, v in confirm.items()}
+    families_text = " | ".join(f"{family} {med[family]:6.1f} ({100 * floor / med[family]:4.1f}%) {r['label']}"
+                               for family, r in best.items())
     print(f"{shape:12s} floor {floor:5.1f} | tuned {med['tuned']:6.1f} ({100 * floor / med['tuned']:4.1f}%) | "
-          f"best plain {med['best_plain']:6.1f} ({100 * floor / med['best_plain']:4.1f}%) {best_plain['label']} | "
-          f"best pipelined {med['best_pipelined']:6.1f} ({100 * floor / med['best_pipelined']:4.1f}%) "
-          f"{best_piped['label']} | gemm {med['gemm_tuned']:6.1f} | gemlite {glite_us or float('nan'):6.1f} | "
+          f"{families_text} | gemm {med['gemm_tuned']:6.1f} | gemlite {glite_us or float('nan'):6.1f} | "
           f"tuned tile by stages {same_tile}", flush=True)
     return row
 
@@ -139,7 +148,15 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(kb.SHAPES))
     parser.add_argument("--tag", default="", help="suffix of the result file name: gemv_pipeline_<gpu>[_<tag>].json")
     parser.add_argument("--out", type=Path, default=None, help="also copy the result file here")
+    parser.add_argument("--steps", default="1", help="comma-separated blocks_per_step values to sweep")
+    parser.add_argument("--stages", default=",".join(map(str, LOOP_STAGES)), help="comma-separated loop_stages")
+    parser.add_argument("--splits", default=",".join(map(str, SPLITS)), help="comma-separated split_k values")
+    parser.add_argument("--tiles", default=",".join("/".join(map(str, t)) for t in TILES),
+                        help="comma-separated block_n/subtiles/num_warps tiles")
     args = parser.parse_args()
+    space = dict(steps=[int(v) for v in args.steps.split(",")], stages=[int(v) for v in args.stages.split(",")],
+                 splits=[int(v) for v in args.splits.split(",")],
+                 tiles=[tuple(int(v) for v in t.split("/")) for t in args.tiles.split(",")])
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     kb.WARM_ONLY = args.warm_only
     part = tuple(int(v) for v in args.part.split("/"))
@@ -152,11 +169,11 @@ def main() -> None:
     path = Path(__file__).resolve().parent / "results" / f"gemv_pipeline_{tag}.json"
     for shape in args.shapes.split(","):
         n, k = kb.SHAPES[shape]
-        row = run_shape(shape, n, k, sms, bw, part)
+        row = run_shape(shape, n, k, sms, bw, part, space)
         if args.warm_only:
             continue
         rows.append(row)
-        data = dict(command="python " + " ".join(sys.argv), gpu=name, torch=torch.__version__,
+        data = dict(command="python " + " ".join(sys.argv), gpu=name, torch=torch.__version__, space=space,
                     triton=triton.__version__, copy_bandwidth_Bps=bw, seconds=time.time() - t0, rows=rows)
         path.write_text(json.dumps(data, indent=1) + "\n")
         if args.out:

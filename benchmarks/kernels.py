@@ -67,6 +67,11 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemv_pipelined": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=2, max_m=8, loop_stages=3)),
         "gemv_subtiles_prefetch_pipelined": lambda x, w, b: gemv(
             x, w, b, GemvConfig(block_n=128, split_k=1, max_m=8, subtiles=2, prefetch=True, loop_stages=2)),
+        "gemv_step2_prefetch": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=64, split_k=3, max_m=8, prefetch=True, blocks_per_step=2)),
+        "gemv_step4_prefetch_wide": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=128, split_k=2, max_m=8, num_warps=8, prefetch=True, blocks_per_step=4)),
+        "gemv_step3": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=1, max_m=8, blocks_per_step=3)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
         "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
         "dequant_cublas": dequant_matmul,
@@ -263,11 +268,13 @@ def diagnose_gemv(shapes: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------- autotune
-# GEMV tiles: (block_n, subtiles, num_warps). Each thread holds 2 columns per subtile (see gemv.py).
-GEMV_TILES = ((64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
-# GEMV loops: (prefetch, loop_stages). Software pipelining won only with the register prefetch, at depth
-# 2 or 3, on the shapes benchmarks/gemv_pipeline.py swept (results/gemv_pipeline_<gpu>*.json).
-GEMV_LOOPS = ((False, 0), (True, 0), (True, 2), (True, 3))
+# GEMV tiles: (block_n, subtiles, num_warps). Each thread holds 2 columns per subtile (see gemv.py); the
+# 2-warp 32-column tile won on 4096x4096 with 4-block steps (results/gemv_pipeline_<gpu>_steps.json).
+GEMV_TILES = ((32, 1, 2), (64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
+# GEMV loops: (prefetch, loop_stages, blocks_per_step). Software pipelining won only with the register
+# prefetch, at depth 2 or 3 (results/gemv_pipeline_<gpu>*.json). Steps of 2 or 4 blocks won at M=1 on every
+# shape swept, always without the prefetch, whose extra registers then cost more than they hide (same files).
+GEMV_LOOPS = ((False, 0, 1), (True, 0, 1), (True, 2, 1), (True, 3, 1), (False, 0, 2), (False, 0, 4))
 # GEMM tiles: (block_n, num_warps); block_m follows M.
 GEMM_TILES = ((64, 4), (128, 8), (256, 8))
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -280,9 +287,11 @@ def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
         for split in (1, 2, 4, 8, 16):
             programs = -(-n // block_n) * split
             if split <= blocks and (split == 1 or programs <= SMS * 16):
-                for prefetch, loop_stages in GEMV_LOOPS:
-                    out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
-                                          subtiles=subtiles, prefetch=prefetch, loop_stages=loop_stages))
+                for prefetch, loop_stages, step in GEMV_LOOPS:
+                    if step <= -(-blocks // split):  # a step longer than the split only adds empty loads
+                        out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
+                                              subtiles=subtiles, prefetch=prefetch, loop_stages=loop_stages,
+                                              blocks_per_step=step))
     return out
 
 
@@ -307,7 +316,10 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
     name = torch.cuda.get_device_name(0)
     entries: dict[str, dict] = dict(configs.load_table(name))
     log = []
-    meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "group_size": GROUP,
+    table_path = configs.CONFIG_DIR / configs.gpu_file_name(name)
+    earlier = json.loads(table_path.read_text()).get("commands", []) if table_path.exists() else []
+    # Entries not retuned now keep theirs: the file lists every command whose entries it still holds.
+    meta = {"torch": torch.__version__, "group_size": GROUP, "commands": [*earlier, "python " + " ".join(sys.argv)],
             "note": "written by benchmarks/kernels.py --autotune; fp16 activations, ring-of-layers CUDA-graph timing"}
     work_index = -1
     for shape, (n, k) in shapes.items():

@@ -31,6 +31,9 @@ class GemvConfig:
     # > 0: Triton's software pipeliner runs the block loop this many stages deep (cp.async copies
     # of later blocks into shared memory); 0: a plain loop
     loop_stages: int = 0
+    # 128-row blocks loaded and multiplied per loop iteration: each thread keeps this many times more
+    # bytes in flight (with `prefetch`, the next iteration's blocks load during this one's arithmetic)
+    blocks_per_step: int = 1
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,17 @@ one FADD (minus the zero point in the same form) and one FFMA per row of x; the 
 once per group to the partial sum. Products are accumulated element-wise in registers and reduced
 once at the end. Split-K partial sums meet in a fixed order (`splitk.store_partial`).
 
-Measured on the H100 (benchmarks/README.md): this loop issues about 4.8 instructions per weight
-against 7.3 for the previous version, yet runs in the same time, about twice as long as a kernel
-that only streams the same words with the same tiles and grid; so the GEMV is bound by the latency
-of each program's chain of block iterations, not by issue. `prefetch` (one block ahead, in
-registers) and two subtiles each gain or lose up to 10% by shape, and are tuned per shape.
-`loop_stages` (Triton's pipeliner: cp.async copies of the words and activations of later blocks) with
-the prefetch gained a further 4-16% at M=1 on six of seven shapes, the same at any depth from 2 to 4
-(benchmarks/README.md, "M=1 GEMV"); zero points and scales, under 4 bytes a thread, stay plain loads.
+Measured on the H100 (benchmarks/README.md): the GEMV is bound by the bytes each multiprocessor
+has in flight and by issue together: a kernel that only streams the same words takes 11.5 us on
+12288x4096 (this GEMV 16.7, its loop 5.3 SASS instructions per weight, about 9 us of issue), and an
+earlier cut of a third of the instructions per weight alone changed nothing. So each iteration
+fetches `STEP` whole blocks (`GemvConfig.blocks_per_step`), one tensor per block carried as a tuple so
+that every block keeps the single-block register layout (a (STEP, ...) tensor dimension made Triton
+pass the zero points through shared memory). Steps of 2 or 4 blocks, without the register prefetch,
+gained 11-22% at M=1 on six of the seven benchmark shapes; with the prefetch their registers cost more occupancy than the
+prefetch hides. `prefetch` (the next step's loads issued before this step's arithmetic) and
+`loop_stages` (Triton's pipeliner: cp.async copies of later blocks) remain options the tuner tries;
+zero points and scales, under 4 bytes a thread, stay plain loads.
 """
 from __future__ import annotations
 
@@ -34,23 +37,13 @@ from .splitk import split_buffers, store_partial
 
 
 @triton.jit
-def _load_group(z_ptr, s_ptr, group, offs_n, mask_n, N, EVEN_N: tl.constexpr):
-    """Zero point (int32) and scale (float32) of one group for the tile's columns: each (1, BN, 1, 1)."""
-    if EVEN_N:
-        z = tl.load(z_ptr + group * N + offs_n).to(tl.int32)
-        s = tl.load(s_ptr + group * N + offs_n).to(tl.float32)
-    else:
-        z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)
-        s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    return z, s
-
-
-@triton.jit
-def _load_x(x_ptr, rows, stride_xm, k, K, EVEN_K: tl.constexpr):
-    """(BM, 1, 4, 4) activations of K rows `k` as float32; rows past K read as 0."""
-    if EVEN_K:
+def _load_x(x_ptr, rows, stride_xm, k, K, b, b_end, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr):
+    """(BM, 1, 4, 4) activations of K rows `k` (of block `b`) as float32; rows past K, and with a
+    ragged last step the rows of blocks from `b_end` on, read as 0."""
+    if EVEN_K and EVEN_STEPS:
         return tl.load(x_ptr + rows * stride_xm + k).to(tl.float32)
-    return tl.load(x_ptr + rows * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+    valid = (k < K) & (k * 0 + b < b_end)  # the block test as a tensor (see `_fetch`)
+    return tl.load(x_ptr + rows * stride_xm + k, mask=valid, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -80,46 +73,70 @@ def _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.
 
 
 @triton.jit
-def _step(b, b_end, acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1,
-          x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j, base_bits,
-          GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr, SUBTILES: tl.constexpr,
-          PREFETCH: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
-    """One 128-row block: its words (prefetched last step, or fetched now) times x, added to the accumulators.
-    Returns the accumulators and, with PREFETCH, the next block's words, zero points and scales."""
+def _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr,
+                STEP: tl.constexpr, MASKED: tl.constexpr):
+    """The (words, zero points, scales) of blocks b .. b + STEP - 1, a tuple of STEP triples (one
+    tensor per block keeps every block in the layout of a single-block tile)."""
+    fetched = ()
+    for d in tl.static_range(STEP):
+        fetched = fetched + (_fetch(qw_ptr, z_ptr, s_ptr, b + d, b_end, N, offs_n, mask_n, offs_j, GROUP, MASKED),)
+    return fetched
+
+
+@triton.jit
+def _block_product(acc, words, z, s, x_ptr, z_ptr, s_ptr, rows, stride_xm, b, b_end, N, K, offs_n, mask_n, offs_j,
+                   base_bits, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr,
+                   EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr):
+    """acc + x[:, rows of block b] @ (its words dequantised): (BM, SUB, 4, 4) element-wise sums."""
     # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
     GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
     SLABS: tl.constexpr = 8 // GROUPS
-    if PREFETCH:
-        words0, z0, s0, words1, z1, s1 = nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1
-        nxt_w0, nxt_z0, nxt_s0 = _fetch(qw_ptr, z_ptr, s_ptr, b + 1, b_end, N, offs_n0, mask_n0, offs_j, GROUP, True)
-        if SUBTILES == 2:
-            nxt_w1, nxt_z1, nxt_s1 = _fetch(qw_ptr, z_ptr, s_ptr, b + 1, b_end, N, offs_n1, mask_n1, offs_j, GROUP, True)
-    else:
-        words0, z0, s0 = _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n0, mask_n0, offs_j, GROUP, not EVEN_N)
-        words1, z1, s1 = words0, z0, s0  # unused with one subtile
-        if SUBTILES == 2:
-            words1, z1, s1 = _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n1, mask_n1, offs_j, GROUP, not EVEN_N)
-    high0 = high_word(words0)
-    high1 = high0
-    if SUBTILES == 2:
-        high1 = high_word(words1)
+    high = high_word(words)
     for g in tl.static_range(GROUPS):
         if g > 0:
             group = (b * 128 + 16 * SLABS * g) // GROUP
-            z0, s0 = _load_group(z_ptr, s_ptr, group, offs_n0, mask_n0, N, EVEN_N)  # (1, SUB, 1, 1) each
-            if SUBTILES == 2:
-                z1, s1 = _load_group(z_ptr, s_ptr, group, offs_n1, mask_n1, N, EVEN_N)
-        part0 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
-        part1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
+            if EVEN_N and EVEN_STEPS:
+                z = tl.load(z_ptr + group * N + offs_n).to(tl.int32)  # (1, SUB, 1, 1)
+                s = tl.load(s_ptr + group * N + offs_n).to(tl.float32)
+            else:  # columns past N, and blocks past the split in a ragged last step, read as 0
+                mask = mask_n & (offs_n * 0 + b < b_end)
+                z = tl.load(z_ptr + group * N + offs_n, mask=mask, other=0).to(tl.int32)
+                s = tl.load(s_ptr + group * N + offs_n, mask=mask, other=0.0).to(tl.float32)
+        part = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
         for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
-            xv = _load_x(x_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, EVEN_K)  # (BM, 1, 4, 4)
-            part0 += xv * _minus_zero(words0, high0, z0, base_bits, i)  # (BM, SUB, 4, 4)
-            if SUBTILES == 2:
-                part1 += xv * _minus_zero(words1, high1, z1, base_bits, i)
-        acc0 += part0 * s0
+            xv = _load_x(x_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, b, b_end, EVEN_K, EVEN_STEPS)
+            part += xv * _minus_zero(words, high, z, base_bits, i)  # (BM, SUB, 4, 4)
+        acc += part * s
+    return acc
+
+
+@triton.jit
+def _step(b, b_end, acc0, acc1, nxt0, nxt1,
+          x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j, base_bits,
+          GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr, SUBTILES: tl.constexpr, STEP: tl.constexpr,
+          PREFETCH: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr):
+    """STEP 128-row blocks from `b`: their words (prefetched last step, or fetched now) times x, added to
+    the accumulators. Returns the accumulators and, with PREFETCH, the next step's fetched blocks."""
+    if PREFETCH:
+        cur0, cur1 = nxt0, nxt1
+        nxt0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b + STEP, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, True)
         if SUBTILES == 2:
-            acc1 += part1 * s1
-    return acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1
+            nxt1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b + STEP, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, True)
+    else:
+        masked: tl.constexpr = not (EVEN_N and EVEN_STEPS)
+        cur0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, masked)
+        cur1 = cur0  # unused with one subtile
+        if SUBTILES == 2:
+            cur1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, masked)
+    for d in tl.static_range(STEP):
+        words0, z0, s0 = cur0[d]
+        acc0 = _block_product(acc0, words0, z0, s0, x_ptr, z_ptr, s_ptr, rows, stride_xm, b + d, b_end, N, K,
+                              offs_n0, mask_n0, offs_j, base_bits, GROUP, BLOCK_M, SUB, EVEN_N, EVEN_K, EVEN_STEPS)
+        if SUBTILES == 2:
+            words1, z1, s1 = cur1[d]
+            acc1 = _block_product(acc1, words1, z1, s1, x_ptr, z_ptr, s_ptr, rows, stride_xm, b + d, b_end, N, K,
+                                  offs_n1, mask_n1, offs_j, base_bits, GROUP, BLOCK_M, SUB, EVEN_N, EVEN_K, EVEN_STEPS)
+    return acc0, acc1, nxt0, nxt1
 
 
 @triton.jit
@@ -127,14 +144,15 @@ def gemv_kernel(
     x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
     M, N, K, stride_xm, stride_ym, blocks_per_split, split_k, base_bits,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUBTILES: tl.constexpr,
-    PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    STEP: tl.constexpr, PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr,
 ):
     # SUBTILES = 2 splits the BLOCK_N columns into two tiles that share every activation load and
     # conversion: each thread then holds 4 columns instead of 2 (written out as two tiles because one
     # wider tile makes Triton pick a layout that sends the products through shared memory).
-    # PREFETCH issues the next block's loads before this block's arithmetic: the kernel is bound by
-    # the latency of its loads, not by issuing instructions, so more bytes in flight per thread pay.
+    # STEP blocks of 128 rows are fetched per iteration, one tensor per block: a thread's loads in
+    # flight grow with STEP (the GEMV is bound by the bytes in flight per multiprocessor, see above).
+    # PREFETCH issues the next step's loads before this step's arithmetic.
     # LOOP_STAGES > 0 hands the block loop to Triton's software pipeliner (`tl.range(num_stages=)`),
     # which copies the loads of later blocks into shared memory asynchronously (cp.async) ahead of use.
     tl.static_assert(SUBTILES == 1 or SUBTILES == 2, "SUBTILES must be 1 or 2")
@@ -154,28 +172,29 @@ def gemv_kernel(
 
     acc0 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
-    # Without PREFETCH the nxt_* values are unused placeholders of the fetched types.
-    nxt_w0 = tl.zeros((1, SUB, 4, 4), dtype=tl.int32)
-    nxt_z0 = tl.zeros((1, SUB, 1, 1), dtype=tl.int32)
-    nxt_s0 = tl.zeros((1, SUB, 1, 1), dtype=tl.float32)
-    nxt_w1, nxt_z1, nxt_s1 = nxt_w0, nxt_z0, nxt_s0
+    # Without PREFETCH the carried blocks are unused placeholders of the fetched types.
+    empty = (tl.zeros((1, SUB, 4, 4), dtype=tl.int32), tl.zeros((1, SUB, 1, 1), dtype=tl.int32),
+             tl.zeros((1, SUB, 1, 1), dtype=tl.float32))
+    nxt0 = ()
+    for d in tl.static_range(STEP):
+        nxt0 = nxt0 + (empty,)
+    nxt1 = nxt0
     if PREFETCH:
-        nxt_w0, nxt_z0, nxt_s0 = _fetch(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n0, mask_n0, offs_j, GROUP, True)
+        nxt0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, True)
         if SUBTILES == 2:
-            nxt_w1, nxt_z1, nxt_s1 = _fetch(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n1, mask_n1, offs_j,
-                                            GROUP, True)
+            nxt1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, True)
     if LOOP_STAGES > 0:
-        for b in tl.range(b_start, b_end, num_stages=LOOP_STAGES):
-            acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1 = _step(
-                b, b_end, acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1,
+        for b in tl.range(b_start, b_end, STEP, num_stages=LOOP_STAGES):
+            acc0, acc1, nxt0, nxt1 = _step(
+                b, b_end, acc0, acc1, nxt0, nxt1,
                 x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
-                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, PREFETCH, EVEN_N, EVEN_K)
+                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS)
     else:
-        for b in range(b_start, b_end):
-            acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1 = _step(
-                b, b_end, acc0, acc1, nxt_w0, nxt_z0, nxt_s0, nxt_w1, nxt_z1, nxt_s1,
+        for b in range(b_start, b_end, STEP):
+            acc0, acc1, nxt0, nxt1 = _step(
+                b, b_end, acc0, acc1, nxt0, nxt1,
                 x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
-                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, PREFETCH, EVEN_N, EVEN_K)
+                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS)
 
     _store(acc0, y_ptr, bias_ptr, ws_ptr, count_ptr, SUBTILES * pid_n, pid_k, split_k, pid_n * BLOCK_N, M, N,
            stride_ym, BLOCK_M, SUB, HAS_BIAS, SPLIT)
@@ -211,18 +230,21 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     block_m = max(triton.next_power_of_2(m), 1)
     assert block_m <= config.max_m, f"GEMV handles M <= {config.max_m}, got M={m}"
     assert config.loop_stages >= 0, f"loop_stages must be 0 (plain loop) or a pipeline depth, got {config.loop_stages}"
+    step = config.blocks_per_step
+    assert step >= 1, f"blocks_per_step must be >= 1, got {step}"
     n_blocks = weight.padded_in_features // PACK_K
     split_k = max(1, min(config.split_k, n_blocks))
-    blocks_per_split = triton.cdiv(n_blocks, split_k)
+    blocks_per_split = -(-triton.cdiv(n_blocks, split_k) // step) * step  # whole steps per split
     split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
     grid = (triton.cdiv(n, config.block_n), split_k)
     y, workspace, counters = split_buffers(m, n, x, split_k, grid[0] * config.subtiles)
     gemv_kernel[grid](
         x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
         m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k, FLOAT_2_23_BITS,
-        GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n, SUBTILES=config.subtiles,
+        GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n, SUBTILES=config.subtiles, STEP=step,
         PREFETCH=config.prefetch, LOOP_STAGES=config.loop_stages,
         HAS_BIAS=bias is not None, SPLIT=split_k > 1, EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
+        EVEN_STEPS=step == 1 or n_blocks % blocks_per_split == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return y
