@@ -277,6 +277,10 @@ GEMV_TILES = ((32, 1, 2), (64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
 GEMV_LOOPS = ((False, 0, 1), (True, 0, 1), (True, 2, 1), (True, 3, 1), (False, 0, 2), (False, 0, 4))
 # GEMM tiles: (block_n, num_warps); block_m follows M.
 GEMM_TILES = ((64, 4), (128, 8), (256, 8))
+# GEMM pipeline depths tried at 16-row tiles (`--gemm-stages`): 3 only. Depths 2, 4 and 5 at M = 2..16 were
+# never faster than 3 beyond noise, and 4-5 were slower on every shape (results/autotune_<gpu>_gemm_stages.json):
+# the small-M GEMM is not short of weight tiles in flight.
+GEMM_STAGES = (3,)
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
 
 
@@ -303,7 +307,9 @@ def gemm_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
             tiles = -(-m // block_m) * -(-n // block_n)
             for split in (1, 2, 4, 8):
                 if split <= blocks // 2 and (split == 1 or tiles * split <= SMS * 8):
-                    out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps, num_stages=3))
+                    for stages in GEMM_STAGES if block_m <= 16 else (3,):
+                        out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps,
+                                              num_stages=stages))
     return out
 
 
@@ -447,6 +453,7 @@ def format_row(r: dict) -> str:
 
 
 def main() -> None:
+    global WARM_ONLY, GEMM_STAGES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autotune", action="store_true", help="tune configs and write triton_kernels/configs/<gpu>.json")
     parser.add_argument("--check-only", action="store_true")
@@ -464,10 +471,12 @@ def main() -> None:
     parser.add_argument("--check-from", type=Path, default=None,
                         help="take the correctness rows from `--check-only --part i/n --out DIR` runs in DIR")
     parser.add_argument("--tag", default="", help="suffix of the result file name: kernels_<gpu>[_<tag>].json")
+    parser.add_argument("--gemm-stages", default=",".join(map(str, GEMM_STAGES)),
+                        help="comma-separated pipeline depths --autotune tries for 16-row GEMM tiles")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
-    global WARM_ONLY
     WARM_ONLY = args.warm_only
+    GEMM_STAGES = tuple(int(v) for v in args.gemm_stages.split(","))
     part = tuple(int(v) for v in args.part.split("/"))
     assert len(part) == 2 and 0 <= part[0] < part[1], f"--part must be i/n with 0 <= i < n, got {args.part}"
     t0 = time.time()

@@ -12,17 +12,18 @@ one FADD (minus the zero point in the same form) and one FFMA per row of x; the 
 once per group to the partial sum. Products are accumulated element-wise in registers and reduced
 once at the end. Split-K partial sums meet in a fixed order (`splitk.store_partial`).
 
-Measured on the H100 (benchmarks/README.md): the GEMV is bound by the bytes each multiprocessor
-has in flight and by issue together: a kernel that only streams the same words takes 11.5 us on
+Measured on the H100 (benchmarks/README.md): the GEMV is bound by the bytes each multiprocessor has
+in flight and by issue together: a kernel that only streams the same words takes 11.5 us on
 12288x4096 (this GEMV 16.7, its loop 5.3 SASS instructions per weight, about 9 us of issue), and an
 earlier cut of a third of the instructions per weight alone changed nothing. So each iteration
-fetches `STEP` whole blocks (`GemvConfig.blocks_per_step`), one tensor per block carried as a tuple so
-that every block keeps the single-block register layout (a (STEP, ...) tensor dimension made Triton
-pass the zero points through shared memory). Steps of 2 or 4 blocks, without the register prefetch,
-gained 11-22% at M=1 on six of the seven benchmark shapes; with the prefetch their registers cost more occupancy than the
-prefetch hides. `prefetch` (the next step's loads issued before this step's arithmetic) and
-`loop_stages` (Triton's pipeliner: cp.async copies of later blocks) remain options the tuner tries;
-zero points and scales, under 4 bytes a thread, stay plain loads.
+fetches `STEP` whole blocks (`GemvConfig.blocks_per_step`), one tensor per block carried as a tuple
+so that every block keeps the single-block register layout (a (STEP, ...) tensor dimension made
+Triton pass the zero points through shared memory). Steps of 2 or 4 blocks, without the register
+prefetch, gained 11-22% at M=1 on six of the seven benchmark shapes; with the prefetch their
+registers cost more occupancy than the prefetch hides. `prefetch` (the next step's loads issued
+before this step's arithmetic) and `loop_stages` (Triton's pipeliner: cp.async copies of later
+blocks) remain options the tuner tries; zero points and scales, under 4 bytes a thread, stay plain
+loads.
 """
 from __future__ import annotations
 
