@@ -81,7 +81,7 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict
     name = torch.cuda.get_device_name(0)
     w0 = kb.random_prepared(n, k)
     ring = [w0] + [kb.random_prepared(n, k) for _ in range(kb.ring_length(kb.prepared_bytes(w0)) - 1)]
-    x = torch.randn((1, k), device="cuda", dtype=torch.float16)
+    x = torch.randn((1, k), device="cuda", dtype=getattr(torch, space["x_dtype"]))
     tuned = configs.gemv_config(name, n, k, 1, sms)
     tried = []
     for index, cfg in enumerate(candidates(n, k, sms, space)):
@@ -116,14 +116,14 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict
             confirm.setdefault(key, []).append(
                 kb.time_ring(lambda xx, ww, c=cfg: gemv(xx, ww, None, c), ring, x, replays=CONFIRM_REPLAYS))
         confirm.setdefault("gemm_tuned", []).append(
-            kb.time_ring(lambda xx, ww: gemm(xx, ww, None, gemm_cfg), ring, x, replays=CONFIRM_REPLAYS))
+            kb.time_ring(lambda xx, ww: gemm(xx, ww, None, gemm_cfg), ring, x.half(), replays=CONFIRM_REPLAYS))
     del ring, w0
     torch.cuda.empty_cache()
     glite_us = None
     glite = kb.gemlite_ring(n, k, kb.ring_length(n * k // 2))
     if glite is not None:
         try:
-            glite_us = kb.time_ring(lambda xx, ww: ww(xx), glite, x, replays=CONFIRM_REPLAYS)
+            glite_us = kb.time_ring(lambda xx, ww: ww(xx), glite, x.half(), replays=CONFIRM_REPLAYS)
         except Exception as exc:  # noqa: BLE001
             print(f"gemlite failed: {exc!r}")
         del glite
@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file name: gemv_pipeline_<gpu>[_<tag>].json")
     parser.add_argument("--out", type=Path, default=None, help="also copy the result file here")
     parser.add_argument("--steps", default="1", help="comma-separated blocks_per_step values to sweep")
+    parser.add_argument("--x-dtype", default="float16", choices=("float16", "float32"),
+                        help="activations the GEMV reads (float32: no conversion in the kernel)")
     parser.add_argument("--stages", default=",".join(map(str, LOOP_STAGES)), help="comma-separated loop_stages")
     parser.add_argument("--splits", default=",".join(map(str, SPLITS)), help="comma-separated split_k values")
     parser.add_argument("--tiles", default=",".join("/".join(map(str, t)) for t in TILES),
@@ -156,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     space = dict(steps=[int(v) for v in args.steps.split(",")], stages=[int(v) for v in args.stages.split(",")],
                  splits=[int(v) for v in args.splits.split(",")],
-                 tiles=[tuple(int(v) for v in t.split("/")) for t in args.tiles.split(",")])
+                 tiles=[tuple(int(v) for v in t.split("/")) for t in args.tiles.split(",")], x_dtype=args.x_dtype)
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     kb.WARM_ONLY = args.warm_only
     part = tuple(int(v) for v in args.part.split("/"))

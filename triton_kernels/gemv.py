@@ -12,18 +12,16 @@ one FADD (minus the zero point in the same form) and one FFMA per row of x; the 
 once per group to the partial sum. Products are accumulated element-wise in registers and reduced
 once at the end. Split-K partial sums meet in a fixed order (`splitk.store_partial`).
 
-Measured on the H100 (benchmarks/README.md): the GEMV is bound by the bytes each multiprocessor has
-in flight and by issue together: a kernel that only streams the same words takes 11.5 us on
-12288x4096 (this GEMV 16.7, its loop 5.3 SASS instructions per weight, about 9 us of issue), and an
-earlier cut of a third of the instructions per weight alone changed nothing. So each iteration
-fetches `STEP` whole blocks (`GemvConfig.blocks_per_step`), one tensor per block carried as a tuple
-so that every block keeps the single-block register layout (a (STEP, ...) tensor dimension made
-Triton pass the zero points through shared memory). Steps of 2 or 4 blocks, without the register
-prefetch, gained 11-22% at M=1 on six of the seven benchmark shapes; with the prefetch their
-registers cost more occupancy than the prefetch hides. `prefetch` (the next step's loads issued
-before this step's arithmetic) and `loop_stages` (Triton's pipeliner: cp.async copies of later
-blocks) remain options the tuner tries; zero points and scales, under 4 bytes a thread, stay plain
-loads.
+Measured on the H100 (benchmarks/README.md): the GEMV is bound by the latency of its loads, with too
+few in flight (Nsight Compute: 46% of DRAM bandwidth, issue slots 48% busy, most stall cycles
+waiting on global loads, occupancy capped by registers). So each iteration fetches `STEP` whole
+blocks (`GemvConfig.blocks_per_step`), one tensor per block carried as a tuple so that every block
+keeps the single-block register layout (a (STEP, ...) tensor dimension made Triton pass the zero
+points through shared memory). Steps of 2 or 4 blocks, without the register prefetch, gained 11-22%
+at M=1 on six of the seven benchmark shapes; with the prefetch their registers cost more occupancy
+than the prefetch hides. `prefetch` (the next step's loads issued before this step's arithmetic) and
+`loop_stages` (Triton's pipeliner: cp.async copies of later blocks) remain options the tuner tries;
+zero points and scales, under 4 bytes a thread, stay plain loads.
 """
 from __future__ import annotations
 
@@ -222,11 +220,12 @@ def _store(acc, y_ptr, bias_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, n0, M,
 
 
 def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemvConfig) -> torch.Tensor:
-    """x (M, K) -> (M, N) with M <= config.max_m."""
+    """x (M, K) -> (M, N) in the weight's dtype, with M <= config.max_m. x may also be float32; the kernel
+    then converts nothing (it multiplies in float32), which measured no faster on the H100 (benchmarks/README.md)."""
     m, k = x.shape
     n = weight.out_features
     assert k == weight.in_features, f"x has K={k}, weight expects {weight.in_features}"
-    assert x.dtype == weight.dtype, f"x dtype {x.dtype} != weight dtype {weight.dtype}"
+    assert x.dtype in (weight.dtype, torch.float32), f"x dtype {x.dtype}: expected {weight.dtype} or float32"
     assert x.stride(1) == 1, "x must be contiguous along K"
     block_m = max(triton.next_power_of_2(m), 1)
     assert block_m <= config.max_m, f"GEMV handles M <= {config.max_m}, got M={m}"
@@ -238,7 +237,7 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     blocks_per_split = -(-triton.cdiv(n_blocks, split_k) // step) * step  # whole steps per split
     split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
     grid = (triton.cdiv(n, config.block_n), split_k)
-    y, workspace, counters = split_buffers(m, n, x, split_k, grid[0] * config.subtiles)
+    y, workspace, counters = split_buffers(m, n, x, split_k, grid[0] * config.subtiles, weight.dtype)
     gemv_kernel[grid](
         x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
         m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k, FLOAT_2_23_BITS,

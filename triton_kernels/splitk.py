@@ -54,10 +54,11 @@ def arrival_counters(device: torch.device) -> torch.Tensor:
     return counters
 
 
-def split_buffers(m: int, n: int, x: torch.Tensor, split_k: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output (M, N) in x's dtype, float32 workspace (split_k, M, N), arrival counters) for a launch."""
+def split_buffers(m: int, n: int, x: torch.Tensor, split_k: int, tiles: int,
+                  dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output (M, N) in `dtype` (default x's), float32 workspace (split_k, M, N), arrival counters)."""
     assert tiles <= MAX_TILES, f"{tiles} output tiles exceed the {MAX_TILES} arrival counters: use larger tiles"
-    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    y = torch.empty((m, n), device=x.device, dtype=dtype or x.dtype)
     if split_k == 1:
         return y, y, y  # unused: a single split stores its tile directly
     workspace = torch.empty((split_k, m, n), device=x.device, dtype=torch.float32)

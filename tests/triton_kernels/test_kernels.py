@@ -67,6 +67,20 @@ def test_gemv_several_steps(k, group, step, prefetch, split_k):
     _check(gemv(x, w, bias, cfg), layer, x, bias, m, n)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_reads_float32_activations(dtype):
+    """float32 x (the kernel then converts nothing): the output keeps the weight's dtype and matches the
+    reference for x rounded to that dtype as closely as the usual path does."""
+    layer, x, bias = _inputs(2, 256, 64, 128, dtype, seed=5, with_bias=True)
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    cfg = GemvConfig(block_n=32, split_k=2, num_warps=4, num_stages=1, max_m=2, blocks_per_step=2)
+    y = gemv(x.float(), w, bias, cfg)
+    assert y.dtype == dtype
+    _check(y, layer, x, bias, 2, 64)
+    with pytest.raises(AssertionError, match="expected"):
+        gemv(x.double(), w, bias, cfg)
+
+
 def test_gemv_step_must_be_positive():
     layer, x, _ = _inputs(1, 256, 32, 128, torch.float16, seed=0)
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
