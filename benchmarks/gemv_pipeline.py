@@ -49,12 +49,10 @@ def candidates(n: int, k: int, sms: int, space: dict) -> list[GemvConfig]:
                 if step > -(-blocks // split):
                     continue  # a step longer than the split's blocks only adds empty loads
                 for stages in space["stages"]:
-                    for prefetch in space.get("prefetch", (False, True)):
-                        for tma in space.get("tma", (False,)):
-                            for pdl in space.get("pdl", (False,)):
-                                out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2,
-                                                      max_m=8, subtiles=subtiles, prefetch=prefetch,
-                                                      loop_stages=stages, blocks_per_step=step, tma=tma, pdl=pdl))
+                    for prefetch in (False, True):
+                        out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
+                                              subtiles=subtiles, prefetch=prefetch, loop_stages=stages,
+                                              blocks_per_step=step))
     return out
 
 
@@ -76,8 +74,7 @@ def compiled_report() -> list[dict]:
 
 def label(c: GemvConfig) -> str:
     return (f"bn{c.block_n}/sub{c.subtiles}/w{c.num_warps}/split{c.split_k}/"
-            f"{'pf' if c.prefetch else 'nopf'}/stages{c.loop_stages}/step{c.blocks_per_step}{'/tma' if c.tma else ''}"
-            f"{'/pdl' if c.pdl else ''}")
+            f"{'pf' if c.prefetch else 'nopf'}/stages{c.loop_stages}/step{c.blocks_per_step}")
 
 
 def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict) -> dict:
@@ -103,11 +100,6 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict
     families = {"best_plain": lambda c: c["loop_stages"] == 0, "best_pipelined": lambda c: c["loop_stages"] > 0}
     for step in space["steps"]:
         families[f"best_step{step}"] = lambda c, step=step: c.get("blocks_per_step", 1) == step
-    if True in space.get("tma", ()):
-        families["best_tma"] = lambda c: c.get("tma", False)
-    if True in space.get("pdl", ()):
-        families["best_pdl"] = lambda c: c.get("pdl", False)
-        families["best_no_pdl"] = lambda c: not c.get("pdl", False)
     best = {}
     for family, member in families.items():
         rows = [r for r in ok if member(r["config"])]
@@ -157,9 +149,6 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file name: gemv_pipeline_<gpu>[_<tag>].json")
     parser.add_argument("--out", type=Path, default=None, help="also copy the result file here")
     parser.add_argument("--steps", default="1", help="comma-separated blocks_per_step values to sweep")
-    parser.add_argument("--prefetch", default="0,1", help="comma-separated prefetch values (0/1) to sweep")
-    parser.add_argument("--tma", default="0", help="comma-separated tma values (0/1) to sweep (words by TMA copies)")
-    parser.add_argument("--pdl", default="0", help="comma-separated pdl values (0/1) to sweep")
     parser.add_argument("--x-dtype", default="float16", choices=("float16", "float32"),
                         help="activations the GEMV reads (float32: no conversion in the kernel)")
     parser.add_argument("--stages", default=",".join(map(str, LOOP_STAGES)), help="comma-separated loop_stages")
@@ -169,9 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     space = dict(steps=[int(v) for v in args.steps.split(",")], stages=[int(v) for v in args.stages.split(",")],
                  splits=[int(v) for v in args.splits.split(",")],
-                 tiles=[tuple(int(v) for v in t.split("/")) for t in args.tiles.split(",")], x_dtype=args.x_dtype,
-                 prefetch=[bool(int(v)) for v in args.prefetch.split(",")],
-                 tma=[bool(int(v)) for v in args.tma.split(",")], pdl=[bool(int(v)) for v in args.pdl.split(",")])
+                 tiles=[tuple(int(v) for v in t.split("/")) for t in args.tiles.split(",")], x_dtype=args.x_dtype)
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     kb.WARM_ONLY = args.warm_only
     part = tuple(int(v) for v in args.part.split("/"))

@@ -34,12 +34,6 @@ class GemvConfig:
     # 128-row blocks loaded and multiplied per loop iteration: each thread keeps this many times more
     # bytes in flight (with `prefetch`, the next iteration's blocks load during this one's arithmetic)
     blocks_per_step: int = 1
-    # Read the words by tensor-memory-accelerator copies (sm_90+); with loop_stages, blocks in flight in
-    # shared memory instead of registers
-    tma: bool = False
-    # Launch as a programmatic dependent of the previous kernel (sm_90+): this launch's start overlaps the
-    # previous kernel's end, and it waits for that kernel before it reads x
-    pdl: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,24 +12,24 @@ one FADD (minus the zero point in the same form) and one FFMA per row of x; the 
 once per group to the partial sum. Products are accumulated element-wise in registers and reduced
 once at the end. Split-K partial sums meet in a fixed order (`splitk.store_partial`).
 
-Measured on the H100 (benchmarks/README.md): the GEMV is bound by the latency of its loads, with too
-few in flight (Nsight Compute: 46% of DRAM bandwidth, issue slots 48% busy, most stall cycles
-waiting on global loads, occupancy capped by registers). So each iteration fetches `STEP` whole
-blocks (`GemvConfig.blocks_per_step`), one tensor per block carried as a tuple so that every block
-keeps the single-block register layout (a (STEP, ...) tensor dimension made Triton pass the zero
-points through shared memory). Steps of 2 or 4 blocks, without the register prefetch, gained 11-22%
-at M=1 on six of the seven benchmark shapes; with the prefetch their registers cost more occupancy
-than the prefetch hides. `prefetch` (the next step's loads issued before this step's arithmetic) and
-`loop_stages` (Triton's pipeliner: cp.async copies of later blocks) remain options the tuner tries;
-zero points and scales, under 4 bytes a thread, stay plain loads.
+Measured on the H100 (benchmarks/README.md): a launch costs about 7 us whatever its size (launch,
+first loads, the split-K epilogue) plus the words streamed at about 74% of the copy bandwidth; in
+Nsight Compute the warps wait mostly on global loads, at an occupancy capped by registers. Each
+iteration fetches `STEP` whole blocks (`GemvConfig.blocks_per_step`), one tensor per block carried
+as a tuple so that every block keeps the single-block register layout (a (STEP, ...) tensor
+dimension made Triton pass the zero points through shared memory). Steps of 2 or 4 blocks, without
+the register prefetch, gained 11-22% at M=1 on six of the seven benchmark shapes; with the prefetch
+their registers cost more occupancy than the prefetch hides. `prefetch` (the next step's loads
+issued before this step's arithmetic) and `loop_stages` (Triton's pipeliner: cp.async copies of
+later blocks) remain options the tuner tries; zero points and scales, under 4 bytes a thread, stay
+plain loads. Copying the words by TMA into shared memory and programmatic dependent launch were
+measured and gained nothing worth their code.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .configs import GemvConfig
 from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
@@ -54,43 +54,33 @@ def _minus_zero(words, high, z, base_bits, i: tl.constexpr):
 
 
 @triton.jit
-def _fetch(qw_ptr, qw_desc, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, n0, GROUP: tl.constexpr,
-           SUB: tl.constexpr, TMA: tl.constexpr, MASKED: tl.constexpr):
-    """Block `b`'s (1, SUB, 4, 4) packed words of columns n0 .. n0 + SUB (each thread's 4 words of a
-    column: one 16-byte load; with TMA, one tensor-memory copy of the (SUB, 16) tile) and the
-    (1, SUB, 1, 1) zero point and scale of its first group. With MASKED, columns outside `mask_n` and
-    blocks from `b_end` on read as 0; without, every address must be valid. The TMA copy is not
-    masked: rows past the words read as 0, and words of columns or blocks outside the masks (other
-    columns' or splits' words) meet a scale of 0."""
+def _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr, MASKED: tl.constexpr):
+    """Block `b`'s (1, SUB, 4, 4) packed words (each thread's 4 words of a column: one 16-byte load) and
+    the (1, SUB, 1, 1) zero point and scale of its first group. With MASKED, columns outside `mask_n`
+    and blocks from `b_end` on read as 0; without, every address must be valid."""
     ptrs = qw_ptr + (b * N + offs_n) * 16 + offs_j
     group = (b * 128) // GROUP
     if MASKED:
         # The block test as a tensor: Triton's CPU interpreter rejects a scalar & tensor mask.
         mask = mask_n & (offs_n * 0 + b < b_end)  # (1, SUB, 1, 1)
+        words = tl.load(ptrs, mask=mask, other=0)
         z = tl.load(z_ptr + group * N + offs_n, mask=mask, other=0).to(tl.int32)
         s = tl.load(s_ptr + group * N + offs_n, mask=mask, other=0.0).to(tl.float32)
     else:
-        mask = mask_n
+        words = tl.load(ptrs)
         z = tl.load(z_ptr + group * N + offs_n).to(tl.int32)
         s = tl.load(s_ptr + group * N + offs_n).to(tl.float32)
-    if TMA:
-        words = tl.reshape(qw_desc.load([b * N + n0, 0]), (1, SUB, 4, 4))
-    elif MASKED:
-        words = tl.load(ptrs, mask=mask, other=0)
-    else:
-        words = tl.load(ptrs)
     return words, z, s
 
 
 @triton.jit
-def _fetch_step(qw_ptr, qw_desc, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, n0, GROUP: tl.constexpr,
-                SUB: tl.constexpr, STEP: tl.constexpr, TMA: tl.constexpr, MASKED: tl.constexpr):
+def _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr,
+                STEP: tl.constexpr, MASKED: tl.constexpr):
     """The (words, zero points, scales) of blocks b .. b + STEP - 1, a tuple of STEP triples (one
     tensor per block keeps every block in the layout of a single-block tile)."""
     fetched = ()
     for d in tl.static_range(STEP):
-        fetched = fetched + (_fetch(qw_ptr, qw_desc, z_ptr, s_ptr, b + d, b_end, N, offs_n, mask_n, offs_j, n0, GROUP,
-                                    SUB, TMA, MASKED),)
+        fetched = fetched + (_fetch(qw_ptr, z_ptr, s_ptr, b + d, b_end, N, offs_n, mask_n, offs_j, GROUP, MASKED),)
     return fetched
 
 
@@ -123,27 +113,22 @@ def _block_product(acc, words, z, s, x_ptr, z_ptr, s_ptr, rows, stride_xm, b, b_
 
 @triton.jit
 def _step(b, b_end, acc0, acc1, nxt0, nxt1,
-          x_ptr, qw_ptr, qw_desc, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j, n0,
-          base_bits, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr, SUBTILES: tl.constexpr,
-          STEP: tl.constexpr, PREFETCH: tl.constexpr, TMA: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-          EVEN_STEPS: tl.constexpr):
+          x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j, base_bits,
+          GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr, SUBTILES: tl.constexpr, STEP: tl.constexpr,
+          PREFETCH: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr):
     """STEP 128-row blocks from `b`: their words (prefetched last step, or fetched now) times x, added to
     the accumulators. Returns the accumulators and, with PREFETCH, the next step's fetched blocks."""
     if PREFETCH:
         cur0, cur1 = nxt0, nxt1
-        nxt0 = _fetch_step(qw_ptr, qw_desc, z_ptr, s_ptr, b + STEP, b_end, N, offs_n0, mask_n0, offs_j, n0, GROUP, SUB,
-                           STEP, TMA, True)
+        nxt0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b + STEP, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, True)
         if SUBTILES == 2:
-            nxt1 = _fetch_step(qw_ptr, qw_desc, z_ptr, s_ptr, b + STEP, b_end, N, offs_n1, mask_n1, offs_j, n0 + SUB,
-                               GROUP, SUB, STEP, TMA, True)
+            nxt1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b + STEP, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, True)
     else:
         masked: tl.constexpr = not (EVEN_N and EVEN_STEPS)
-        cur0 = _fetch_step(qw_ptr, qw_desc, z_ptr, s_ptr, b, b_end, N, offs_n0, mask_n0, offs_j, n0, GROUP, SUB, STEP,
-                           TMA, masked)
+        cur0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, masked)
         cur1 = cur0  # unused with one subtile
         if SUBTILES == 2:
-            cur1 = _fetch_step(qw_ptr, qw_desc, z_ptr, s_ptr, b, b_end, N, offs_n1, mask_n1, offs_j, n0 + SUB, GROUP,
-                               SUB, STEP, TMA, masked)
+            cur1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, masked)
     for d in tl.static_range(STEP):
         words0, z0, s0 = cur0[d]
         acc0 = _block_product(acc0, words0, z0, s0, x_ptr, z_ptr, s_ptr, rows, stride_xm, b + d, b_end, N, K,
@@ -157,12 +142,11 @@ def _step(b, b_end, acc0, acc1, nxt0, nxt1,
 
 @triton.jit
 def gemv_kernel(
-    x_ptr, qw_ptr, qw_desc, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
+    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
     M, N, K, stride_xm, stride_ym, blocks_per_split, split_k, base_bits,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUBTILES: tl.constexpr,
-    STEP: tl.constexpr, PREFETCH: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr,
-    PDL: tl.constexpr,
+    STEP: tl.constexpr, PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr,
 ):
     # SUBTILES = 2 splits the BLOCK_N columns into two tiles that share every activation load and
     # conversion: each thread then holds 4 columns instead of 2 (written out as two tiles because one
@@ -172,9 +156,6 @@ def gemv_kernel(
     # PREFETCH issues the next step's loads before this step's arithmetic.
     # LOOP_STAGES > 0 hands the block loop to Triton's software pipeliner (`tl.range(num_stages=)`),
     # which copies the loads of later blocks into shared memory asynchronously (cp.async) ahead of use.
-    # TMA reads the words through `qw_desc`, a tensor-memory-accelerator descriptor of the (blocks * N, 16)
-    # words: with LOOP_STAGES the pipeliner keeps LOOP_STAGES - 1 blocks of copies in flight in shared
-    # memory, which holds no registers (the profile's limit: loads in flight capped by registers).
     tl.static_assert(SUBTILES == 1 or SUBTILES == 2, "SUBTILES must be 1 or 2")
     SUB: tl.constexpr = BLOCK_N // SUBTILES
     pid_n = tl.program_id(0)
@@ -199,33 +180,23 @@ def gemv_kernel(
     for d in tl.static_range(STEP):
         nxt0 = nxt0 + (empty,)
     nxt1 = nxt0
-    n0 = pid_n * BLOCK_N
     if PREFETCH:
-        nxt0 = _fetch_step(qw_ptr, qw_desc, z_ptr, s_ptr, b_start, b_end, N, offs_n0, mask_n0, offs_j, n0, GROUP, SUB,
-                           STEP, TMA, True)
+        nxt0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, True)
         if SUBTILES == 2:
-            nxt1 = _fetch_step(qw_ptr, qw_desc, z_ptr, s_ptr, b_start, b_end, N, offs_n1, mask_n1, offs_j, n0 + SUB,
-                               GROUP, SUB, STEP, TMA, True)
-    if PDL:
-        # Launched as a programmatic dependent of the previous kernel: everything above (addresses, and
-        # with PREFETCH the first step's weights, which no kernel writes) overlapped that kernel's end;
-        # from here on x, y and the split-K buffers, which it may write or read, are touched.
-        gdc_wait()
+            nxt1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_start, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, True)
     if LOOP_STAGES > 0:
         for b in tl.range(b_start, b_end, STEP, num_stages=LOOP_STAGES):
             acc0, acc1, nxt0, nxt1 = _step(
                 b, b_end, acc0, acc1, nxt0, nxt1,
-                x_ptr, qw_ptr, qw_desc, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1,
-                offs_j, n0, base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, PREFETCH, TMA, EVEN_N, EVEN_K, EVEN_STEPS)
+                x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
+                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS)
     else:
         for b in range(b_start, b_end, STEP):
             acc0, acc1, nxt0, nxt1 = _step(
                 b, b_end, acc0, acc1, nxt0, nxt1,
-                x_ptr, qw_ptr, qw_desc, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1,
-                offs_j, n0, base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, PREFETCH, TMA, EVEN_N, EVEN_K, EVEN_STEPS)
+                x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
+                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS)
 
-    if PDL:
-        gdc_launch_dependents()  # the next kernel may start its own prologue during this epilogue
     _store(acc0, y_ptr, bias_ptr, ws_ptr, count_ptr, SUBTILES * pid_n, pid_k, split_k, pid_n * BLOCK_N, M, N,
            stride_ym, BLOCK_M, SUB, HAS_BIAS, SPLIT)
     if SUBTILES == 2:
@@ -269,19 +240,14 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
     grid = (triton.cdiv(n, config.block_n), split_k)
     y, workspace, counters = split_buffers(m, n, x, split_k, grid[0] * config.subtiles, weight.dtype)
-    # Programmatic dependent launch needs sm_90; Triton's CPU interpreter has no grid dependency control.
-    pdl = config.pdl and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 9
-    sub = config.block_n // config.subtiles
-    words = weight.qweight.view(-1, 16)  # (blocks * N, 16): block b's column n is row b * N + n
-    qw_desc = TensorDescriptor.from_tensor(words, [sub, 16]) if config.tma else words
     gemv_kernel[grid](
-        x, weight.qweight, qw_desc, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace,
-        counters, m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k, FLOAT_2_23_BITS,
+        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
+        m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k, FLOAT_2_23_BITS,
         GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n, SUBTILES=config.subtiles, STEP=step,
-        PREFETCH=config.prefetch, TMA=config.tma, LOOP_STAGES=config.loop_stages,
+        PREFETCH=config.prefetch, LOOP_STAGES=config.loop_stages,
         HAS_BIAS=bias is not None, SPLIT=split_k > 1, EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
-        EVEN_STEPS=step == 1 or n_blocks % blocks_per_split == 0, PDL=pdl,
-        num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if pdl else {}),
+        EVEN_STEPS=step == 1 or n_blocks % blocks_per_split == 0,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return y
 

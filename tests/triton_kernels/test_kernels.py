@@ -39,36 +39,31 @@ def _check(y, layer, x, bias, m, n):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("k,n,group", SHAPES)
 @pytest.mark.parametrize("m,split_k", [(1, 1), (3, 2)])
-@pytest.mark.parametrize("block_n,subtiles,prefetch,loop_stages,step,tma",
-                         [(32, 1, False, 0, 1, False), (64, 2, True, 0, 1, False), (32, 1, True, 0, 1, False),
-                          (32, 1, False, 3, 1, False), (64, 2, True, 2, 1, False), (32, 1, True, 0, 2, False),
-                          (64, 2, False, 0, 3, False), (32, 1, True, 2, 4, False), (32, 1, False, 2, 1, True),
-                          (64, 2, False, 3, 2, True)])
-def test_gemv(m, split_k, k, n, group, dtype, block_n, subtiles, prefetch, loop_stages, step, tma):
+@pytest.mark.parametrize("block_n,subtiles,prefetch,loop_stages,step",
+                         [(32, 1, False, 0, 1), (64, 2, True, 0, 1), (32, 1, True, 0, 1), (32, 1, False, 3, 1),
+                          (64, 2, True, 2, 1), (32, 1, True, 0, 2), (64, 2, False, 0, 3), (32, 1, True, 2, 4)])
+def test_gemv(m, split_k, k, n, group, dtype, block_n, subtiles, prefetch, loop_stages, step):
     """N = 40 and 48 leave the last tile (and with two subtiles, its second half) partly or wholly outside N;
     K = 256 without split gives the prefetching loop a block to fetch ahead. Steps of 2 to 4 blocks overrun
-    K's 1 or 2 blocks (and split 2's single block each), so a step's blocks past the split must add 0. With
-    tma the word tiles are copied unmasked: past N and past the split they hold other words, which must meet
-    a scale of 0."""
+    K's 1 or 2 blocks (and split 2's single block each), so a step's blocks past the split must add 0."""
     layer, x, bias = _inputs(m, k, n, group, dtype, seed=m + k + n, with_bias=(m == 3))
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
     cfg = GemvConfig(block_n=block_n, split_k=split_k, num_warps=4, num_stages=1, max_m=4, subtiles=subtiles,
-                     prefetch=prefetch, loop_stages=loop_stages, blocks_per_step=step, tma=tma)
+                     prefetch=prefetch, loop_stages=loop_stages, blocks_per_step=step)
     y = gemv(x, w, bias, cfg)
     _check(y, layer, x, bias, m, n)
 
 
 @pytest.mark.parametrize("k,group", [(512, 128), (640, 64)])
-@pytest.mark.parametrize("step,prefetch,split_k,tma", [(2, True, 1, False), (3, False, 2, False), (4, True, 2, False),
-                                                       (3, False, 2, True), (2, False, 1, True)])
-def test_gemv_several_steps(k, group, step, prefetch, split_k, tma):
+@pytest.mark.parametrize("step,prefetch,split_k", [(2, True, 1), (3, False, 2), (4, True, 2)])
+def test_gemv_several_steps(k, group, step, prefetch, split_k):
     """Multi-block steps over several iterations: 4 or 5 blocks of K, with splits whose block count is and
     is not a whole number of steps (640 rows: 5 blocks, the last step of the last split is partly empty)."""
     m, n = 2, 64
     layer, x, bias = _inputs(m, k, n, group, torch.float16, seed=k + step)
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
     cfg = GemvConfig(block_n=32, split_k=split_k, num_warps=4, num_stages=1, max_m=2, prefetch=prefetch,
-                     blocks_per_step=step, tma=tma, loop_stages=2 if tma else 0)
+                     blocks_per_step=step)
     _check(gemv(x, w, bias, cfg), layer, x, bias, m, n)
 
 
