@@ -3,9 +3,9 @@
     python benchmarks/kernels_summary.py   # -> prints a markdown table, writes results/kernels_summary_<gpu>.json
 
 Sources, in order of preference for each (shape, M):
-- `kernels_<gpu>_7b_70b.json` and `kernels_<gpu>_7b_70b_rest.json` (the shapes the first run did not
-  reach, timed in a second call on the same GPU kind): a full benchmark row (ours as dispatched, fp16
-  cuBLAS, GemLite).
+- `kernels_<gpu>_current_7b.json` and `kernels_<gpu>_current_70b.json` (the 7B and the 70B shapes, timed
+  in two calls on the same GPU kind with the shipped kernels and configs): a full benchmark row (ours as
+  dispatched, fp16 cuBLAS, GemLite).
 - ours, where that run's row timed another kernel than the shipped dispatch now picks: that row's
   column for the kernel picked; where the run has no row: the tuning logs `autotune_<gpu>_gemv.json` (newer) and
   `autotune_<gpu>_all.json`, timed the same way (ring of layers, CUDA graph, median), for the kernel
@@ -48,8 +48,8 @@ def tuned_times(logs: list[list[dict]]) -> dict:
 
 def main() -> None:
     tag = gpu_file_name(GPU)[: -len(".json")]
-    bench = _load(f"kernels_{tag}_7b_70b.json")
-    rest = _load(f"kernels_{tag}_7b_70b_rest.json")
+    bench = _load(f"kernels_{tag}_current_7b.json")
+    rest = _load(f"kernels_{tag}_current_70b.json")
     rows = {(r["shape"], r["m"]): r for r in bench.get("rows", []) + rest.get("rows", [])}
     previous = {(r["shape"], r["m"]): r for name in ("7b", "70b") for r in _load(f"kernels_{tag}_{name}.json").get("rows", [])}
     tuned = tuned_times([_load(f"autotune_{tag}_gemv.json") or [], _load(f"autotune_{tag}_all.json") or []])
