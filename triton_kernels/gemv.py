@@ -54,22 +54,27 @@ def _minus_zero(words, high, z, base_bits, i: tl.constexpr):
 
 
 @triton.jit
+def _load_group(z_ptr, s_ptr, group, offs_n, mask, N, MASKED: tl.constexpr):
+    """(1, SUB, 1, 1) zero points (int32) and scales (float32) of `group`; with MASKED, outside `mask` 0."""
+    if MASKED:
+        z = tl.load(z_ptr + group * N + offs_n, mask=mask, other=0).to(tl.int32)
+        s = tl.load(s_ptr + group * N + offs_n, mask=mask, other=0.0).to(tl.float32)
+    else:
+        z = tl.load(z_ptr + group * N + offs_n).to(tl.int32)
+        s = tl.load(s_ptr + group * N + offs_n).to(tl.float32)
+    return z, s
+
+
+@triton.jit
 def _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr, MASKED: tl.constexpr):
     """Block `b`'s (1, SUB, 4, 4) packed words (each thread's 4 words of a column: one 16-byte load) and
     the (1, SUB, 1, 1) zero point and scale of its first group. With MASKED, columns outside `mask_n`
     and blocks from `b_end` on read as 0; without, every address must be valid."""
     ptrs = qw_ptr + (b * N + offs_n) * 16 + offs_j
-    group = (b * 128) // GROUP
-    if MASKED:
-        # The block test as a tensor: Triton's CPU interpreter rejects a scalar & tensor mask.
-        mask = mask_n & (offs_n * 0 + b < b_end)  # (1, SUB, 1, 1)
-        words = tl.load(ptrs, mask=mask, other=0)
-        z = tl.load(z_ptr + group * N + offs_n, mask=mask, other=0).to(tl.int32)
-        s = tl.load(s_ptr + group * N + offs_n, mask=mask, other=0.0).to(tl.float32)
-    else:
-        words = tl.load(ptrs)
-        z = tl.load(z_ptr + group * N + offs_n).to(tl.int32)
-        s = tl.load(s_ptr + group * N + offs_n).to(tl.float32)
+    # The block test as a tensor: Triton's CPU interpreter rejects a scalar & tensor mask.
+    mask = mask_n & (offs_n * 0 + b < b_end)  # (1, SUB, 1, 1)
+    words = tl.load(ptrs, mask=mask, other=0) if MASKED else tl.load(ptrs)
+    z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask, N, MASKED)
     return words, z, s
 
 
@@ -94,15 +99,9 @@ def _block_product(acc, words, z, s, x_ptr, z_ptr, s_ptr, rows, stride_xm, b, b_
     SLABS: tl.constexpr = 8 // GROUPS
     high = high_word(words)
     for g in tl.static_range(GROUPS):
-        if g > 0:
-            group = (b * 128 + 16 * SLABS * g) // GROUP
-            if EVEN_N and EVEN_STEPS:
-                z = tl.load(z_ptr + group * N + offs_n).to(tl.int32)  # (1, SUB, 1, 1)
-                s = tl.load(s_ptr + group * N + offs_n).to(tl.float32)
-            else:  # columns past N, and blocks past the split in a ragged last step, read as 0
-                mask = mask_n & (offs_n * 0 + b < b_end)
-                z = tl.load(z_ptr + group * N + offs_n, mask=mask, other=0).to(tl.int32)
-                s = tl.load(s_ptr + group * N + offs_n, mask=mask, other=0.0).to(tl.float32)
+        if g > 0:  # columns past N, and blocks past the split in a ragged last step, read as 0
+            z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * SLABS * g) // GROUP, offs_n,
+                               mask_n & (offs_n * 0 + b < b_end), N, not (EVEN_N and EVEN_STEPS))
         part = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
         for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
             xv = _load_x(x_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, b, b_end, EVEN_K, EVEN_STEPS)
