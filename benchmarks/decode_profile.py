@@ -12,7 +12,6 @@ runs nothing, and the host-side work of a step that the GPU waits for).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -105,11 +104,7 @@ def main() -> None:
     path = Path(__file__).resolve().parent / "results" / f"decode_profile_{name}.json"
     data = dict(command="python " + " ".join(sys.argv), gpu=gpu, torch=torch.__version__, seconds=time.time() - t0,
                 results=results)
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / path.name).write_text(path.read_text())
-    print("wrote", path)
+    db.kb.write_result(path, data, args.out)
 
 
 if __name__ == "__main__":

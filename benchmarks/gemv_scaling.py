@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -70,11 +69,7 @@ def main() -> None:
     path = Path(__file__).resolve().parent / "results" / f"gemv_scaling_{tag}.json"
     data = dict(command="python " + " ".join(sys.argv), gpu=name, torch=torch.__version__, n=N,
                 copy_bandwidth_Bps=bandwidth, rows=rows, fit=fit)
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / path.name).write_text(path.read_text())
-    print("wrote", path)
+    kb.write_result(path, data, args.out)
 
 
 if __name__ == "__main__":

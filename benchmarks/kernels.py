@@ -182,6 +182,15 @@ def copy_bandwidth(device: torch.device | str = "cuda") -> float:
     return 2 * src.numel() / statistics.median(times)
 
 
+def write_result(path: Path, data: dict, out: Path | None) -> None:
+    """Write a result file (JSON) and, with `out`, a copy of it there (the folder a GPU run brings back)."""
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / path.name).write_text(path.read_text())
+    print("wrote", path)
+
+
 def floor_bytes(m: int, n: int, k: int) -> int:
     """int4 weights + fp16 scales + int4 zeros + fp16 activations in and out."""
     groups = k // GROUP
