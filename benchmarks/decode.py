@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import LlamaConfig, LlamaForCausalLM, StaticCache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kernels as kb  # noqa: E402  (benchmarks/kernels.py: the copy-bandwidth probe)
+import kernels as kb  # noqa: E402  (benchmarks/kernels.py: the copy-bandwidth probe, the result writer)
 
 from awq_core.checkpoint import replace_linears  # noqa: E402
 from awq_core.decode import GraphedDecodeStep, enable_fast_decode  # noqa: E402
@@ -299,10 +298,7 @@ def main() -> None:
     def record(row: Row) -> None:
         print_row(row)
         result["rows"].append(asdict(row))
-        path.write_text(json.dumps(result, indent=1) + "\n")
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / path.name).write_text(path.read_text())
+        kb.write_result(path, result, args.out)
 
     print(f"{'model':<17}{'kernel':<7}{'batch':>6}{'TTFT ms':>10}{'ms/step':>10}{'tokens/s':>11}{'peak GiB':>9}"
           f"{'graph':>8}{'floor ms':>9}{'floor %':>8}{'warm s':>8}", flush=True)  # fmt: skip
@@ -346,9 +342,7 @@ def main() -> None:
         and checks["w4_graph_vs_eager"]["logits_relative_difference"] < LOGITS_RTOL
         and checks["w4_generate_batch1"]["logits_relative_difference_to_full_forward"] < LOGITS_RTOL
     )  # fmt: skip
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    if args.out:
-        (args.out / path.name).write_text(path.read_text())
+    kb.write_result(path, result, args.out)
     print("W4 / fp16 decode tokens/s: " + ", ".join(f"batch {b}: {s:.2f}x" for b, s in speedups.items()))
     print(f"{'PASSED' if result['passed'] else 'FAILED'} checks -> {path}")
     raise SystemExit(0 if result["passed"] else 1)

@@ -105,6 +105,7 @@ def main() -> None:
     data = dict(command="python " + " ".join(sys.argv), gpu=gpu, torch=torch.__version__, seconds=time.time() - t0,
                 results=results)
     db.kb.write_result(path, data, args.out)
+    print("wrote", path)
 
 
 if __name__ == "__main__":

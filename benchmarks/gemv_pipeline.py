@@ -177,10 +177,7 @@ def main() -> None:
         rows.append(row)
         data = dict(command="python " + " ".join(sys.argv), gpu=name, torch=torch.__version__, space=space,
                     triton=triton.__version__, copy_bandwidth_Bps=bw, seconds=time.time() - t0, rows=rows)
-        path.write_text(json.dumps(data, indent=1) + "\n")
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / path.name).write_text(path.read_text())
+        kb.write_result(path, data, args.out)
     if args.warm_only:
         print(f"warmed part {part[0]}/{part[1]}")
         return

@@ -70,6 +70,7 @@ def main() -> None:
     data = dict(command="python " + " ".join(sys.argv), gpu=name, torch=torch.__version__, n=N,
                 copy_bandwidth_Bps=bandwidth, rows=rows, fit=fit)
     kb.write_result(path, data, args.out)
+    print("wrote", path)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,6 @@ def write_result(path: Path, data: dict, out: Path | None) -> None:
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / path.name).write_text(path.read_text())
-    print("wrote", path)
 
 
 def floor_bytes(m: int, n: int, k: int) -> int:
@@ -331,8 +330,8 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
     name = torch.cuda.get_device_name(0)
     entries: dict[str, dict] = dict(configs.load_table(name))
     log = []
-    table_path = configs.CONFIG_DIR / configs.gpu_file_name(name)
-    earlier = json.loads(table_path.read_text()).get("commands", []) if table_path.exists() else []
+    table = configs.table_path(name)
+    earlier = json.loads(table.read_text()).get("commands", []) if table.exists() else []
     # Entries not retuned now keep theirs: the file lists every command whose entries it still holds.
     meta = {"torch": torch.__version__, "group_size": GROUP, "commands": [*earlier, "python " + " ".join(sys.argv)],
             "note": "written by benchmarks/kernels.py --autotune; fp16 activations, ring-of-layers CUDA-graph timing"}

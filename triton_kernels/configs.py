@@ -63,10 +63,15 @@ def config_key(kernel: str, n: int, k: int, m: int) -> str:
     return f"{kernel}/N={n}/K={k}/M={bucket_m(m)}"
 
 
+def table_path(gpu_name: str) -> Path:
+    """The JSON file that holds this GPU's tuned entries (it may not exist)."""
+    return CONFIG_DIR / gpu_file_name(gpu_name)
+
+
 @functools.lru_cache(maxsize=None)
 def load_table(gpu_name: str) -> dict[str, dict]:
     """The tuned entries for this GPU, or an empty table when none ship for it."""
-    path = CONFIG_DIR / gpu_file_name(gpu_name)
+    path = table_path(gpu_name)
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
@@ -76,7 +81,7 @@ def load_table(gpu_name: str) -> dict[str, dict]:
 
 def save_table(gpu_name: str, entries: dict[str, dict], meta: dict) -> Path:
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
-    path = CONFIG_DIR / gpu_file_name(gpu_name)
+    path = table_path(gpu_name)
     path.write_text(json.dumps({"gpu": gpu_name, **meta, "entries": dict(sorted(entries.items()))}, indent=1) + "\n")
     load_table.cache_clear()
     return path
