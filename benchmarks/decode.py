@@ -56,7 +56,11 @@ GROUP_SIZE = 128
 WARMUP_TOKENS = 4  # enough to compile every kernel and capture the decode graph
 GENERATE_TOKENS = 64  # the generate() check: eager decoding of a 7B model is slow
 CHECK_STEPS = 16  # decode steps compared between graph replay and eager decoding
-LOGITS_RTOL = 1e-2  # fp16 logits of two kernel orders agree to about 1e-3 of their scale
+LOGITS_RTOL = 1e-2  # graph replay against eager decoding: the same kernels, Inductor's fusions apart
+# generate() against one full forward also changes the kernels (M = 1 decode steps against an M = prompt +
+# tokens forward), whose sums round differently. The fp16 model's own difference, measured in the same run,
+# is that rounding on this random-weight model: W4's may be at most this many times it (or LOGITS_RTOL).
+GENERATE_NOISE_FACTOR = 2.0
 
 
 @dataclass
@@ -317,6 +321,13 @@ def main() -> None:
         return rows
 
     fp16_rows = measure_batches("fp16", "cublas")
+    cache_implementation = model.generation_config.cache_implementation
+    result["checks"]["fp16_generate_batch1"] = generate_check(model, args.prompt, GENERATE_TOKENS, args.compile)
+    print(f"fp16 generate() at batch 1: {result['checks']['fp16_generate_batch1']}", flush=True)
+    # Undo enable_fast_decode: W4's generate() check starts, like fp16's, from the default dynamic cache.
+    model.generation_config.cache_implementation = cache_implementation
+    for attr in ("get_compiled_call", "fast_decode_step"):  # drop the fp16 decode step (and its graph)
+        model.__dict__.pop(attr, None)
 
     seconds = quantize_in_place(model)
     n_layers = sum(isinstance(m, WQLinear) for m in model.modules())
@@ -336,11 +347,13 @@ def main() -> None:
     unfused = result["rows"][0]["decode_tokens_per_s"]
     result["w4_over_fp16_unfused_batch1"] = w4_rows[batches[0]].decode_tokens_per_s / unfused
     checks = result["checks"]
+    fp16_generate = checks["fp16_generate_batch1"]["logits_relative_difference_to_full_forward"]
+    result["w4_generate_bound"] = max(LOGITS_RTOL, GENERATE_NOISE_FACTOR * fp16_generate)
     result["passed"] = bool(
         (checks["fp16_graph_vs_eager"]["graph_tokens_equal_eager"]
          or (args.compile and checks["fp16_graph_vs_eager"]["logits_relative_difference"] < LOGITS_RTOL))
         and checks["w4_graph_vs_eager"]["logits_relative_difference"] < LOGITS_RTOL
-        and checks["w4_generate_batch1"]["logits_relative_difference_to_full_forward"] < LOGITS_RTOL
+        and checks["w4_generate_batch1"]["logits_relative_difference_to_full_forward"] < result["w4_generate_bound"]
     )  # fmt: skip
     kb.write_result(path, result, args.out)
     print("W4 / fp16 decode tokens/s: " + ", ".join(f"batch {b}: {s:.2f}x" for b, s in speedups.items()))

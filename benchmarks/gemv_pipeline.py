@@ -50,9 +50,10 @@ def candidates(n: int, k: int, sms: int, space: dict) -> list[GemvConfig]:
                     continue  # a step longer than the split's blocks only adds empty loads
                 for stages in space["stages"]:
                     for prefetch in (False, True):
-                        out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
-                                              subtiles=subtiles, prefetch=prefetch, loop_stages=stages,
-                                              blocks_per_step=step))
+                        for half2 in space["half2"]:
+                            out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2,
+                                                  max_m=8, subtiles=subtiles, prefetch=prefetch, loop_stages=stages,
+                                                  blocks_per_step=step, half2=half2))
     return out
 
 
@@ -74,7 +75,7 @@ def compiled_report() -> list[dict]:
 
 def label(c: GemvConfig) -> str:
     return (f"bn{c.block_n}/sub{c.subtiles}/w{c.num_warps}/split{c.split_k}/"
-            f"{'pf' if c.prefetch else 'nopf'}/stages{c.loop_stages}/step{c.blocks_per_step}")
+            f"{'pf' if c.prefetch else 'nopf'}/stages{c.loop_stages}/step{c.blocks_per_step}{'/half2' if c.half2 else ''}")
 
 
 def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict) -> dict:
@@ -100,6 +101,9 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict
     families = {"best_plain": lambda c: c["loop_stages"] == 0, "best_pipelined": lambda c: c["loop_stages"] > 0}
     for step in space["steps"]:
         families[f"best_step{step}"] = lambda c, step=step: c.get("blocks_per_step", 1) == step
+    if len(space["half2"]) > 1:
+        families["best_float32"] = lambda c: not c.get("half2", False)
+        families["best_half2"] = lambda c: c.get("half2", False)
     best = {}
     for family, member in families.items():
         rows = [r for r in ok if member(r["config"])]
@@ -151,6 +155,7 @@ def main() -> None:
     parser.add_argument("--steps", default="1", help="comma-separated blocks_per_step values to sweep")
     parser.add_argument("--x-dtype", default="float16", choices=("float16", "float32"),
                         help="activations the GEMV reads (float32: no conversion in the kernel)")
+    parser.add_argument("--half2", default="0", help="comma-separated 0/1: products in float32, packed fp16 or both")
     parser.add_argument("--stages", default=",".join(map(str, LOOP_STAGES)), help="comma-separated loop_stages")
     parser.add_argument("--splits", default=",".join(map(str, SPLITS)), help="comma-separated split_k values")
     parser.add_argument("--tiles", default=",".join("/".join(map(str, t)) for t in TILES),
@@ -158,7 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     space = dict(steps=[int(v) for v in args.steps.split(",")], stages=[int(v) for v in args.stages.split(",")],
                  splits=[int(v) for v in args.splits.split(",")],
-                 tiles=[tuple(int(v) for v in t.split("/")) for t in args.tiles.split(",")], x_dtype=args.x_dtype)
+                 tiles=[tuple(int(v) for v in t.split("/")) for t in args.tiles.split(",")], x_dtype=args.x_dtype,
+                 half2=[bool(int(v)) for v in args.half2.split(",")])
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     kb.WARM_ONLY = args.warm_only
     part = tuple(int(v) for v in args.part.split("/"))

@@ -72,6 +72,11 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemv_step4_prefetch_wide": lambda x, w, b: gemv(
             x, w, b, GemvConfig(block_n=128, split_k=2, max_m=8, num_warps=8, prefetch=True, blocks_per_step=4)),
         "gemv_step3": lambda x, w, b: gemv(x, w, b, GemvConfig(block_n=64, split_k=1, max_m=8, blocks_per_step=3)),
+        # Packed fp16 products: fp16 with groups of 128 rows or more; elsewhere these run the float32 path.
+        "gemv_half2_prefetch": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=128, split_k=4, max_m=8, num_warps=8, prefetch=True, half2=True)),
+        "gemv_half2_step2_subtiles": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=128, split_k=3, max_m=8, subtiles=2, blocks_per_step=2, half2=True)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
         "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
         "dequant_cublas": dequant_matmul,
@@ -279,10 +284,16 @@ def diagnose_gemv(shapes: dict) -> list[dict]:
 # GEMV tiles: (block_n, subtiles, num_warps). Each thread holds 2 columns per subtile (see gemv.py); the
 # 2-warp 32-column tile won on 4096x4096 with 4-block steps (results/gemv_pipeline_<gpu>_steps.json).
 GEMV_TILES = ((32, 1, 2), (64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
-# GEMV loops: (prefetch, loop_stages, blocks_per_step). Software pipelining won only with the register
-# prefetch, at depth 2 or 3 (results/gemv_pipeline_<gpu>*.json). Steps of 2 or 4 blocks won at M=1 on every
-# shape swept, always without the prefetch, whose extra registers then cost more than they hide (same files).
-GEMV_LOOPS = ((False, 0, 1), (True, 0, 1), (True, 2, 1), (True, 3, 1), (False, 0, 2), (False, 0, 4))
+# GEMV loops: (prefetch, loop_stages, blocks_per_step, half2). Packed fp16 products (half2) won at M=1 on all
+# five shapes swept, taking 4-20% less time than the best float32 loop, mostly with the prefetch and one block
+# per step: their fewer registers leave room for it (results/gemv_pipeline_<gpu>_half2.json). The float32
+# loops kept are the ones that won before (steps of 2 or 4 blocks without the prefetch, results/gemv_pipeline_<gpu>_steps.json);
+# Triton's pipeliner (loop_stages) won no entry since the steps came and is no longer tried.
+GEMV_LOOPS = ((False, 0, 1, False), (True, 0, 1, False), (False, 0, 2, False), (False, 0, 4, False),
+              (True, 0, 1, True), (False, 0, 1, True), (True, 0, 2, True), (False, 0, 2, True), (False, 0, 4, True))
+# The GEMV is tuned, and compared with the GEMM, up to this M. Packed fp16 GEMVs were tuned up to M=8 once
+# (results/autotune_<gpu>_half2.json): the GEMM won at M=4 on all seven shapes (by 6-14%) and at M=8 by 1.7-2.5x.
+GEMV_MAX_M = 4
 # GEMM tiles: (block_n, num_warps); block_m follows M.
 GEMM_TILES = ((64, 4), (128, 8), (256, 8))
 # GEMM pipeline depths tried at 16-row tiles (`--gemm-stages`): 3 only. Depths 2, 4 and 5 at M = 2..16 were
@@ -299,11 +310,11 @@ def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
         for split in (1, 2, 4, 8, 16):
             programs = -(-n // block_n) * split
             if split <= blocks and (split == 1 or programs <= SMS * 16):
-                for prefetch, loop_stages, step in GEMV_LOOPS:
+                for prefetch, loop_stages, step, half2 in GEMV_LOOPS:
                     if step <= -(-blocks // split):  # a step longer than the split only adds empty loads
                         out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
                                               subtiles=subtiles, prefetch=prefetch, loop_stages=loop_stages,
-                                              blocks_per_step=step))
+                                              blocks_per_step=step, half2=half2))
     return out
 
 
@@ -345,7 +356,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
             if m >= 64 and "dequant_cublas" in kinds and not WARM_ONLY:
                 fastest["dequant_cublas"] = time_ring(lambda xx, ww: dequant_matmul(xx, ww, None), ring, x, replays=5)
             for kind, cands, fn, tuned in (
-                ("gemv", gemv_candidates(m, n, k) if m <= 4 else [], gemv, "gemv" in kinds),
+                ("gemv", gemv_candidates(m, n, k) if m <= GEMV_MAX_M else [], gemv, "gemv" in kinds),
                 ("gemm", gemm_candidates(m, n, k) if m <= 256 else [], gemm, "gemm" in kinds),
             ):
                 entry = entries.get(configs.config_key(kind, n, k, m))
@@ -422,9 +433,9 @@ def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
             row = dict(shape=shape, n=n, k=k, m=m, dispatched=choice.value)
             row["fp16_us"] = time_ring(lambda xx, ww: F.linear(xx, ww), fp16, x)
             for kernel in (KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.DEQUANT_CUBLAS):
-                # The dispatched kernel, plus the alternatives where the choice is close: GEMV vs GEMM at
-                # M <= 4 (the single-query question), GEMM vs dequant+cuBLAS from M = 64.
-                alternatives = {KernelChoice.GEMV: m <= 4, KernelChoice.GEMM: m <= 4 or m >= 64,
+                # The dispatched kernel, plus the alternatives where the choice is close: GEMV vs GEMM up
+                # to the GEMV's largest M (M = 1 is the single-query question), GEMM vs dequant+cuBLAS from M = 64.
+                alternatives = {KernelChoice.GEMV: m <= GEMV_MAX_M, KernelChoice.GEMM: m <= GEMV_MAX_M or m >= 64,
                                 KernelChoice.DEQUANT_CUBLAS: m >= 64}
                 wanted = kernel is choice or alternatives[kernel]
                 if not wanted:

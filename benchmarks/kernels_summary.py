@@ -3,9 +3,10 @@
     python benchmarks/kernels_summary.py   # -> prints a markdown table, writes results/kernels_summary_<gpu>.json
 
 Sources, in order of preference for each (shape, M):
-- `kernels_<gpu>_current_7b.json` and `kernels_<gpu>_current_70b.json` (the 7B and the 70B shapes, timed
-  in two calls on the same GPU kind with the shipped kernels and configs): a full benchmark row (ours as
-  dispatched, fp16 cuBLAS, GemLite).
+- `kernels_<gpu>_half2.json` (all seven shapes at M = 1..16, after the packed-fp16 GEMV and its retune),
+  then `kernels_<gpu>_current_7b.json` and `kernels_<gpu>_current_70b.json` (the 7B and the 70B shapes at
+  every M, timed in two calls on the same GPU kind with the kernels and configs of then, unchanged since
+  for M >= 32): a full benchmark row (ours as dispatched, fp16 cuBLAS, GemLite).
 - ours, where that run's row timed another kernel than the shipped dispatch now picks: that row's
   column for the kernel picked; where the run has no row: the tuning logs `autotune_<gpu>_gemv.json` (newer) and
   `autotune_<gpu>_all.json`, timed the same way (ring of layers, CUDA graph, median), for the kernel
@@ -29,6 +30,7 @@ from triton_kernels.dispatch import select_kernel  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 GPU = "NVIDIA H100 80GB HBM3"
 CAPABILITY = (9, 0)
+CURRENT = ("current_7b", "current_70b", "half2")  # benchmark runs of the shipped kernels, oldest first
 
 
 def _load(name: str) -> dict:
@@ -48,12 +50,11 @@ def tuned_times(logs: list[list[dict]]) -> dict:
 
 def main() -> None:
     tag = gpu_file_name(GPU)[: -len(".json")]
-    bench = _load(f"kernels_{tag}_current_7b.json")
-    rest = _load(f"kernels_{tag}_current_70b.json")
-    rows = {(r["shape"], r["m"]): r for r in bench.get("rows", []) + rest.get("rows", [])}
+    runs = [_load(f"kernels_{tag}_{name}.json") for name in CURRENT]
+    rows = {(r["shape"], r["m"]): r for run in runs for r in run.get("rows", [])}  # later runs win
     previous = {(r["shape"], r["m"]): r for name in ("7b", "70b") for r in _load(f"kernels_{tag}_{name}.json").get("rows", [])}
     tuned = tuned_times([_load(f"autotune_{tag}_gemv.json") or [], _load(f"autotune_{tag}_all.json") or []])
-    bandwidth = bench["copy_bandwidth_Bps"]
+    bandwidth = next(run["copy_bandwidth_Bps"] for run in reversed(runs) if run)
     shapes = {}
     for key in list(previous) + list(rows):
         src = rows.get(key) or previous[key]

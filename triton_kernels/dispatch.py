@@ -36,12 +36,13 @@ class Rule:
 
 DISPATCH_TABLE: tuple[Rule, ...] = (
     Rule(2, KernelChoice.GEMV,
-         "M<=2: the CUDA-core GEMV beat the tensor-core GEMM (which pads M to 16) on the wide layers at M=1 "
-         "on the H100 (12288x4096: 20.6 vs 24.0 us, 28672x8192: 68.1 vs 89.0 us, 4096x4096: 10.4 vs 11.4 us)"),
+         "M<=2: the CUDA-core GEMV (packed fp16 products) beat the tensor-core GEMM (which pads M to 16) on "
+         "every benchmark shape on the H100 (M=1: 12288x4096 15.1 vs 23.4 us, 28672x8192 53.3 vs 86.2, "
+         "4096x4096 8.0 vs 11.3; M=2: 12288x4096 18.4 vs 23.8)"),
     Rule(128, KernelChoice.GEMM,
-         "2<M<=128: the GEMV pays one FFMA and one activation conversion per weight and row, so from M=4 the "
-         "fused GEMM (one dequantisation per weight per M tile, tensor cores) wins (12288x4096 M=4: 24.3 vs "
-         "35.8 us); it also beat dequant+cuBLAS up to M=64 everywhere and to M=128 on most shapes"),
+         "2<M<=128: the GEMV's multiply-adds grow with every row of M, so from M=4 the fused GEMM (one "
+         "dequantisation per weight per M tile, tensor cores) wins (12288x4096 M=4: 24.0 vs 25.8 us, M=8: 24.3 "
+         "vs 53.4); it also beat dequant+cuBLAS up to M=64 everywhere and to M=128 on most shapes"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
          "M>128: compute-bound; the fused loop's in-register dequantisation stalls the tensor cores "
          "(12288x4096 M=256: GEMM 161 us vs dequant+cuBLAS 89 us), so write the fp16 weight once and call cuBLAS"),

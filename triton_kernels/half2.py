@@ -1,0 +1,111 @@
+"""Packed fp16 (f16x2) dequantize-and-dot of one prepared word: half the GEMV's instructions per weight.
+
+The float32 GEMV path (`nibbles.py`) spends three instructions on each weight: a LOP3 that makes the
+nibble a float, an FADD that subtracts the zero point and an FFMA with the activation. Here every
+instruction works on two weights at once, as a pair of fp16 values in one 32-bit register:
+
+- `dequant_pairs`: one LOP3 turns two nibbles of a word, 16 bits apart, into the fp16 pair
+  (1024 + q_a, 1024 + q_b) (0x6400 is fp16 1024, whose mantissa unit is 1); nibbles 4 bits higher
+  give 1024 + 16 q. One HFMA2 scales and subtracts the zero point, exactly, to the pair
+  ((q_a - z) / 16, (q_b - z) / 16). The 8 nibbles of a word are 4 pairs: 1 shift, 4 LOP3, 4 HFMA2.
+- `pair_dot`: the 4 pairs times 4 activation pairs in a chain of HFMA2, the two fp16 lanes then
+  added in float32: 7 instructions for 8 weights.
+
+In the prepared layout nibble i of word j is K row 16 i + j (see `prepare.py`), so the pair (nibble
+i, nibble i + 4) meets the activation pair (x[16 i + j], x[16 (i + 4) + j]); `pack_pairs` builds
+those pairs once per block and thread, shared by every column the thread holds.
+
+Range: the 8 products of a word are summed in fp16. The weights enter as (q - z) / 16 (the group's
+scale is multiplied by 16 in float32), so the fp16 sums stay finite while |x| < 16 * 65504 / (4 * 15)
+= 17467, far above what linear-layer inputs hold.
+Rounding: each word's sum is rounded to fp16 (11 bits) before the float32 accumulation, an error
+well inside the 1e-2 the kernels are tested to (tests/triton_kernels).
+
+The instructions are inline PTX (sm_53 and up), which Triton's CPU interpreter cannot run: the
+interpreter, bf16 weights and groups that do not cover whole 128-row blocks take the float32 path.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+WEIGHT_SCALE = 16.0  # the pairs hold (q - z) / 16: the group's scale is multiplied by this in float32
+
+
+@triton.jit
+def pack_pairs(lo, hi):
+    """fp16 activations (x_a, x_b) -> int32 holding the fp16 pair (x_a, x_b), x_a in the low half. Two
+    elements at a time, so each PRMT takes its halves straight from the registers x was loaded into."""
+    return tl.inline_asm_elementwise(
+        asm="""
+        prmt.b32 $0, $2, $3, 0x5410;
+        prmt.b32 $1, $2, $3, 0x7632;
+        """,
+        constraints="=r,=r,r,r",
+        args=[lo, hi],
+        dtype=tl.int32,
+        is_pure=True,
+        pack=2,
+    )
+
+
+@triton.jit
+def zero_pairs(z):
+    """Zero points (int32, 0..15) -> the fp16 pairs -(64 + z / 16) and -(4 + z / 16), as int32: what
+    `dequant_pairs` adds to the nibbles read as 64 + q / 16 and 4 + q / 16."""
+    low = 0xD400 + z  # fp16 bits of -(64 + z / 16): at 64 the mantissa unit is 1/16
+    high = 0xC400 + (z << 4)  # fp16 bits of -(4 + z / 16): at 4 the unit is 1/256
+    return low | (low << 16), high | (high << 16)
+
+
+@triton.jit
+def dequant_pairs(words, z64, z4):
+    """Packed words -> 4 int32 tensors of fp16 pairs (q - z) / 16: nibbles (0, 4), (1, 5), (2, 6), (3, 7).
+    Every step is exact: the LOP3 gives 1024 + q (or 1024 + 16 q), times 1/16 (or 1/256) is 64 + q / 16
+    (or 4 + q / 16), both on the fp16 grid, and adding -(64 + z / 16) leaves (q - z) / 16."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 high, q0, q1, q2, q3, by16, by256;
+        mov.b32 by16, 0x2c002c00;
+        mov.b32 by256, 0x1c001c00;
+        shr.u32 high, $4, 8;
+        lop3.b32 q0, $4, 0x000f000f, 0x64006400, 0xea;
+        lop3.b32 q1, $4, 0x00f000f0, 0x64006400, 0xea;
+        lop3.b32 q2, high, 0x000f000f, 0x64006400, 0xea;
+        lop3.b32 q3, high, 0x00f000f0, 0x64006400, 0xea;
+        fma.rn.f16x2 $0, q0, by16, $5;
+        fma.rn.f16x2 $1, q1, by256, $6;
+        fma.rn.f16x2 $2, q2, by16, $5;
+        fma.rn.f16x2 $3, q3, by256, $6;
+        }""",
+        constraints="=r,=r,=r,=r,r,r,r",
+        args=[words, z64, z4],
+        dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+        is_pure=True,
+        pack=1,
+    )
+
+
+@triton.jit
+def pair_dot(q0, q1, q2, q3, x0, x1, x2, x3):
+    """sum over the 4 pairs of q_p * x_p (fp16 pairs as int32) -> float32: the word's 8 products."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 acc;
+        .reg .b16 lo, hi;
+        .reg .f32 flo, fhi;
+        mul.rn.f16x2 acc, $1, $5;
+        fma.rn.f16x2 acc, $2, $6, acc;
+        fma.rn.f16x2 acc, $3, $7, acc;
+        fma.rn.f16x2 acc, $4, $8, acc;
+        mov.b32 {lo, hi}, acc;
+        cvt.f32.f16 flo, lo;
+        cvt.f32.f16 fhi, hi;
+        add.f32 $0, flo, fhi;
+        }""",
+        constraints="=f,r,r,r,r,r,r,r,r",
+        args=[q0, q1, q2, q3, x0, x1, x2, x3],
+        dtype=tl.float32,
+        is_pure=True,
+        pack=1,
+    )
