@@ -44,6 +44,7 @@ from awq_core.decode import GraphedDecodeStep, enable_fast_decode  # noqa: E402
 from awq_core.fused_linear import fuse_linears  # noqa: E402
 from awq_core.qlinear import WQLinear, set_kernel  # noqa: E402
 from awq_core.quantizer import quantize  # noqa: E402
+from triton_kernels import configs  # noqa: E402
 
 SHAPES = {
     # Llama-2-7B: 32 layers of hidden 4096, intermediate 11008, 32 heads (no GQA), vocab 32000.
@@ -231,7 +232,8 @@ def measure(model, label, kernel, batch, args, bandwidth, use_graphs=True) -> tu
 @torch.no_grad()
 def generate_check(model: nn.Module, prompt: int, new_tokens: int, compile: bool) -> dict:
     """The user-facing path at batch 1: `generate()` with `enable_fast_decode` (static cache, graphed
-    decode steps) against the same static cache decoded eagerly, and the default dynamic cache."""
+    decode steps) against the same static cache decoded eagerly, and the default dynamic cache. The model
+    is left as it came: its fast-decode step (and graph) dropped, its cache setting restored."""
     device = next(model.parameters()).device
     ids = torch.randint(0, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(7)).to(device)
     common = dict(attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -246,13 +248,19 @@ def generate_check(model: nn.Module, prompt: int, new_tokens: int, compile: bool
         return tokens, new_tokens / (time.perf_counter() - start)
 
     _, dynamic_rate = timed()
+    cache_implementation = model.generation_config.cache_implementation
     step = enable_fast_decode(model, compile=compile)
-    _, static_rate = timed(disable_compile=True)  # static cache, decode steps not handed to our step
-    _, fast_rate = timed()
-    # What fast decoding computed against one plain forward over the whole sequence (no cache).
-    out = model.generate(ids, **common, output_logits=True, return_dict_in_generate=True)
-    generated = torch.stack(out.logits, dim=1)  # (1, new_tokens, vocab) float32
-    full = model(out.sequences[:, :-1], use_cache=False).logits[:, prompt - 1 :].float()  # (1, new_tokens, vocab)
+    try:
+        _, static_rate = timed(disable_compile=True)  # static cache, decode steps not handed to our step
+        _, fast_rate = timed()
+        # What fast decoding computed against one plain forward over the whole sequence (no cache).
+        out = model.generate(ids, **common, output_logits=True, return_dict_in_generate=True)
+        generated = torch.stack(out.logits, dim=1)  # (1, new_tokens, vocab) float32
+        full = model(out.sequences[:, :-1], use_cache=False).logits[:, prompt - 1 :].float()  # (1, new_tokens, vocab)
+    finally:  # undo enable_fast_decode
+        model.generation_config.cache_implementation = cache_implementation
+        for attr in ("get_compiled_call", "fast_decode_step"):
+            model.__dict__.pop(attr, None)
     difference = relative_difference(generated, full)
     return dict(
         new_tokens=new_tokens, dynamic_cache_tokens_per_s=dynamic_rate, static_cache_eager_tokens_per_s=static_rate,
@@ -288,7 +296,7 @@ def main() -> None:
 
     bandwidth = kb.copy_bandwidth(device) if device.type == "cuda" else 100e9  # CPU: a nominal figure
     print(f"{gpu}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
-    name = "".join(c if c.isalnum() else "_" for c in gpu)
+    name = configs.gpu_tag(gpu)
     results = Path(__file__).resolve().parent / "results" if device.type == "cuda" else Path(tempfile.mkdtemp())
     path = results / f"decode_{name}{'_compile' if args.compile else ''}.json"
     import transformers
@@ -321,13 +329,8 @@ def main() -> None:
         return rows
 
     fp16_rows = measure_batches("fp16", "cublas")
-    cache_implementation = model.generation_config.cache_implementation
     result["checks"]["fp16_generate_batch1"] = generate_check(model, args.prompt, GENERATE_TOKENS, args.compile)
     print(f"fp16 generate() at batch 1: {result['checks']['fp16_generate_batch1']}", flush=True)
-    # Undo enable_fast_decode: W4's generate() check starts, like fp16's, from the default dynamic cache.
-    model.generation_config.cache_implementation = cache_implementation
-    for attr in ("get_compiled_call", "fast_decode_step"):  # drop the fp16 decode step (and its graph)
-        model.__dict__.pop(attr, None)
 
     seconds = quantize_in_place(model)
     n_layers = sum(isinstance(m, WQLinear) for m in model.modules())

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decode as db  # noqa: E402  (benchmarks/decode.py: model, quantization and harness)
 
 from awq_core.fused_linear import fuse_linears  # noqa: E402
+from triton_kernels import configs  # noqa: E402
 
 # (kind, substrings of the kernel name), first match wins; the names are those the H100 run showed.
 KINDS = (
@@ -100,8 +101,7 @@ def main() -> None:
               f"{result['launches_per_step']:.0f} launches; by kind: "
               + ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["kernels_by_kind_us_per_step"].items(),
                                                               key=lambda kv: -kv[1])), flush=True)
-    name = "".join(c if c.isalnum() else "_" for c in gpu)
-    path = Path(__file__).resolve().parent / "results" / f"decode_profile_{name}.json"
+    path = Path(__file__).resolve().parent / "results" / f"decode_profile_{configs.gpu_tag(gpu)}.json"
     data = dict(command="python " + " ".join(sys.argv), gpu=gpu, torch=torch.__version__, seconds=time.time() - t0,
                 results=results)
     db.kb.write_result(path, data, args.out)

@@ -13,6 +13,7 @@ not just the luckiest of many noisy draws.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -45,15 +46,13 @@ def candidates(n: int, k: int, sms: int, space: dict) -> list[GemvConfig]:
         for split in space["splits"]:
             if split > blocks or -(-n // block_n) * split > sms * MAX_WAVES:
                 continue
-            for step in space["steps"]:
+            for step, stages, prefetch, half2 in itertools.product(
+                    space["steps"], space["stages"], (False, True), space["half2"]):
                 if step > -(-blocks // split):
                     continue  # a step longer than the split's blocks only adds empty loads
-                for stages in space["stages"]:
-                    for prefetch in (False, True):
-                        for half2 in space["half2"]:
-                            out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2,
-                                                  max_m=8, subtiles=subtiles, prefetch=prefetch, loop_stages=stages,
-                                                  blocks_per_step=step, half2=half2))
+                out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
+                                      subtiles=subtiles, prefetch=prefetch, loop_stages=stages, blocks_per_step=step,
+                                      half2=half2))
     return out
 
 
@@ -173,7 +172,7 @@ def main() -> None:
     t0 = time.time()
     rows = []
     name = torch.cuda.get_device_name(0)
-    tag = configs.gpu_file_name(name)[: -len(".json")] + (f"_{args.tag}" if args.tag else "")
+    tag = configs.gpu_tag(name) + (f"_{args.tag}" if args.tag else "")
     path = Path(__file__).resolve().parent / "results" / f"gemv_pipeline_{tag}.json"
     for shape in args.shapes.split(","):
         n, k = kb.SHAPES[shape]

@@ -65,7 +65,7 @@ def main() -> None:
                streaming_fraction_of_copy_bandwidth=(1e6 / slope) / bandwidth)
     print(f"time = {intercept:.1f} us + bytes / {1e6 / slope / 1e12:.2f} TB/s "
           f"({100 * fit['streaming_fraction_of_copy_bandwidth']:.0f}% of the {bandwidth / 1e12:.2f} TB/s copy bandwidth)")
-    tag = configs.gpu_file_name(name)[: -len(".json")]
+    tag = configs.gpu_tag(name)
     path = Path(__file__).resolve().parent / "results" / f"gemv_scaling_{tag}.json"
     data = dict(command="python " + " ".join(sys.argv), gpu=name, torch=torch.__version__, n=N,
                 copy_bandwidth_Bps=bandwidth, rows=rows, fit=fit)

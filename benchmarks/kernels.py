@@ -522,7 +522,7 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "diagnose_gemv.json").write_text(json.dumps(dict(command="python " + " ".join(sys.argv), rows=rows), indent=1))
         return
-    tag = configs.gpu_file_name(torch.cuda.get_device_name(0))[: -len(".json")] + (f"_{args.tag}" if args.tag else "")
+    tag = configs.gpu_tag(torch.cuda.get_device_name(0)) + (f"_{args.tag}" if args.tag else "")
     path = Path(__file__).resolve().parent / "results" / f"kernels_{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = dict(command="python " + " ".join(sys.argv), torch=torch.__version__,

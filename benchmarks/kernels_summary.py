@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from triton_kernels.configs import gpu_file_name  # noqa: E402
+from triton_kernels.configs import gpu_tag  # noqa: E402
 from triton_kernels.dispatch import select_kernel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,7 +49,7 @@ def tuned_times(logs: list[list[dict]]) -> dict:
 
 
 def main() -> None:
-    tag = gpu_file_name(GPU)[: -len(".json")]
+    tag = gpu_tag(GPU)
     runs = [_load(f"kernels_{tag}_{name}.json") for name in CURRENT]
     rows = {(r["shape"], r["m"]): r for run in runs for r in run.get("rows", [])}  # later runs win
     previous = {(r["shape"], r["m"]): r for name in ("7b", "70b") for r in _load(f"kernels_{tag}_{name}.json").get("rows", [])}

@@ -57,9 +57,14 @@ def bucket_m(m: int) -> int:
     return bucket
 
 
+def gpu_tag(gpu_name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'NVIDIA_H100_80GB_HBM3': the GPU's part of config and result file names."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", gpu_name).strip("_")
+
+
 def gpu_file_name(gpu_name: str) -> str:
     """'NVIDIA H100 80GB HBM3' -> 'NVIDIA_H100_80GB_HBM3.json'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", gpu_name).strip("_") + ".json"
+    return gpu_tag(gpu_name) + ".json"
 
 
 def config_key(kernel: str, n: int, k: int, m: int) -> str:

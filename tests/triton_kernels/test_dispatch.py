@@ -48,3 +48,13 @@ def test_measured_per_shape_choice_overrides_the_table(monkeypatch):
     assert select_kernel(2, 4096, 11008, H100, "Some GPU") is KernelChoice.GEMV  # other shape
     assert select_kernel(8, 4096, 4096, H100, "Some GPU") is KernelChoice.GEMM  # other bucket: the table
     assert select_kernel(1, 4096, 4096, None, "Some GPU") is KernelChoice.TORCH  # no CUDA: still the fallback
+
+
+def test_gpu_names_become_file_names():
+    """The config file and every benchmark result file name a GPU by the same tag."""
+    from triton_kernels import configs
+
+    assert configs.gpu_tag("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3"
+    assert configs.gpu_tag(" NVIDIA A100-SXM4-40GB ") == "NVIDIA_A100-SXM4-40GB"
+    assert configs.gpu_file_name("NVIDIA H100 80GB HBM3") == "NVIDIA_H100_80GB_HBM3.json"
+    assert configs.table_path("NVIDIA H100 80GB HBM3").name == "NVIDIA_H100_80GB_HBM3.json"
