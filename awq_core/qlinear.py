@@ -40,7 +40,7 @@ class KernelMode(str, enum.Enum):
 
     AUTO = "auto"  # Triton kernels (dispatched by M) on a supported CUDA GPU, the torch reference elsewhere
     GEMV = "gemv"  # force the fused GEMV (rows beyond GEMV_MAX_ROWS go through it in chunks)
-    GEMM = "gemm"  # force the fused tensor-core GEMM
+    GEMM = "gemm"  # force the fused tensor-core GEMM (the weight-as-register-operand one, `gemm_swapped.py`)
     TORCH = "torch"  # force the torch reference: dequantize, then F.linear
 
     @classmethod
@@ -52,7 +52,8 @@ class KernelMode(str, enum.Enum):
             raise ValueError(f"unknown kernel {value!r}: expected one of {[m.value for m in cls]}") from None
 
 
-FORCED_CHOICE = {KernelMode.GEMV: KernelChoice.GEMV, KernelMode.GEMM: KernelChoice.GEMM}
+# "gemm" names the tensor-core GEMM that the dispatch picks for batches (M = 3..128 on the H100)
+FORCED_CHOICE = {KernelMode.GEMV: KernelChoice.GEMV, KernelMode.GEMM: KernelChoice.GEMM_SWAPPED}
 
 
 class _PreparedKey(NamedTuple):

@@ -58,10 +58,13 @@ WARMUP_TOKENS = 4  # enough to compile every kernel and capture the decode graph
 GENERATE_TOKENS = 64  # the generate() check: eager decoding of a 7B model is slow
 CHECK_STEPS = 16  # decode steps compared between graph replay and eager decoding
 LOGITS_RTOL = 1e-2  # graph replay against eager decoding: the same kernels, Inductor's fusions apart
-# generate() against one full forward also changes the kernels (M = 1 decode steps against an M = prompt +
-# tokens forward), whose sums round differently. The fp16 model's own difference, measured in the same run,
-# is that rounding on this random-weight model: W4's may be at most this many times it (or LOGITS_RTOL).
-GENERATE_NOISE_FACTOR = 2.0
+# Both W4 checks compare two ways of computing the same logits whose fp16 sums round differently: the
+# compiled step against the eager one (Inductor fuses and reorders the ops around the products), and
+# generate() against one full forward (M = 1 decode steps against an M = prompt + tokens forward, other
+# kernels). The fp16 model's own difference in the same check, measured in the same run, is that rounding
+# on this random-weight model: W4's may be at most this many times it (or LOGITS_RTOL). A wrong kernel or
+# graph would differ by the logits' own size, not by a few percent.
+NOISE_FACTOR = 2.0
 
 
 @dataclass
@@ -351,11 +354,12 @@ def main() -> None:
     result["w4_over_fp16_unfused_batch1"] = w4_rows[batches[0]].decode_tokens_per_s / unfused
     checks = result["checks"]
     fp16_generate = checks["fp16_generate_batch1"]["logits_relative_difference_to_full_forward"]
-    result["w4_generate_bound"] = max(LOGITS_RTOL, GENERATE_NOISE_FACTOR * fp16_generate)
+    fp16_graph = checks["fp16_graph_vs_eager"]["logits_relative_difference"]
+    result["w4_generate_bound"] = max(LOGITS_RTOL, NOISE_FACTOR * fp16_generate)
+    result["w4_graph_bound"] = max(LOGITS_RTOL, NOISE_FACTOR * fp16_graph) if args.compile else LOGITS_RTOL
     result["passed"] = bool(
-        (checks["fp16_graph_vs_eager"]["graph_tokens_equal_eager"]
-         or (args.compile and checks["fp16_graph_vs_eager"]["logits_relative_difference"] < LOGITS_RTOL))
-        and checks["w4_graph_vs_eager"]["logits_relative_difference"] < LOGITS_RTOL
+        (checks["fp16_graph_vs_eager"]["graph_tokens_equal_eager"] or (args.compile and fp16_graph < LOGITS_RTOL))
+        and checks["w4_graph_vs_eager"]["logits_relative_difference"] < result["w4_graph_bound"]
         and checks["w4_generate_batch1"]["logits_relative_difference_to_full_forward"] < result["w4_generate_bound"]
     )  # fmt: skip
     kb.write_result(path, result, args.out)

@@ -36,6 +36,7 @@ from triton_kernels import configs  # noqa: E402
 from triton_kernels.configs import GemmConfig, GemvConfig  # noqa: E402
 from triton_kernels.dequant import dequant_matmul  # noqa: E402
 from triton_kernels.gemm import gemm  # noqa: E402
+from triton_kernels.gemm_swapped import gemm_swapped  # noqa: E402
 from triton_kernels.gemv import gemv  # noqa: E402
 from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error  # noqa: E402
 
@@ -79,6 +80,10 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
             x, w, b, GemvConfig(block_n=128, split_k=3, max_m=8, subtiles=2, blocks_per_step=2, half2=True)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
         "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
+        "gemm_swapped": lambda x, w, b: gemm_swapped(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
+        "gemm_swapped_wide": lambda x, w, b: gemm_swapped(
+            x, w, b, GemmConfig(block_m=128, block_n=128, split_k=1, num_warps=8, num_stages=4)),
+        "gemm_swapped_m16": lambda x, w, b: gemm_swapped(x, w, b, GemmConfig(block_m=16, block_n=64, split_k=3)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
@@ -300,6 +305,9 @@ GEMM_TILES = ((64, 4), (128, 8), (256, 8))
 # never faster than 3 beyond noise, and 4-5 were slower on every shape (results/autotune_<gpu>_gemm_stages.json):
 # the small-M GEMM is not short of weight tiles in flight.
 GEMM_STAGES = (3,)
+# Weight-as-first-operand GEMM tiles: (block_n, num_warps), 64 weight columns a warpgroup; block_m follows M.
+GEMM_SWAPPED_TILES = ((64, 4), (128, 8))
+GEMM_SWAPPED_STAGES = (3, 4)
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
 
 
@@ -332,6 +340,23 @@ def gemm_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
     return out
 
 
+def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
+    """M is the MMA's N side here (8..256), so a tile may cover M up to 256 rows."""
+    blocks = -(-k // 128)
+    out = []
+    for block_m in sorted({min(max(16, configs.bucket_m(m)), 256), min(max(16, configs.bucket_m(m) // 2), 256)}):
+        for block_n, warps in GEMM_SWAPPED_TILES:
+            if block_m * block_n // (32 * warps) > 128:
+                continue  # the float32 accumulator alone would take over 128 registers a thread
+            tiles = -(-m // block_m) * -(-n // block_n)
+            for split in (1, 2, 4, 8):
+                if split <= blocks // 2 and (split == 1 or tiles * split <= SMS * 8):
+                    for stages in GEMM_SWAPPED_STAGES:
+                        out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps,
+                                              num_stages=stages))
+    return out
+
+
 def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple, part=(0, 1)) -> None:
     """Tune `kinds` at `ms` on `shapes`; entries tuned before for other (kernel, shape, M) are kept.
 
@@ -358,6 +383,8 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
             for kind, cands, fn, tuned in (
                 ("gemv", gemv_candidates(m, n, k) if m <= GEMV_MAX_M else [], gemv, "gemv" in kinds),
                 ("gemm", gemm_candidates(m, n, k) if m <= 256 else [], gemm, "gemm" in kinds),
+                ("gemm_swapped", gemm_swapped_candidates(m, n, k) if 4 <= m <= 256 else [], gemm_swapped,
+                 "gemm_swapped" in kinds),
             ):
                 entry = entries.get(configs.config_key(kind, n, k, m))
                 if not tuned:
@@ -432,11 +459,11 @@ def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
             choice = select_kernel(m, n, k, cap, name)
             row = dict(shape=shape, n=n, k=k, m=m, dispatched=choice.value)
             row["fp16_us"] = time_ring(lambda xx, ww: F.linear(xx, ww), fp16, x)
-            for kernel in (KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.DEQUANT_CUBLAS):
+            for kernel in (KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.GEMM_SWAPPED, KernelChoice.DEQUANT_CUBLAS):
                 # The dispatched kernel, plus the alternatives where the choice is close: GEMV vs GEMM up
                 # to the GEMV's largest M (M = 1 is the single-query question), GEMM vs dequant+cuBLAS from M = 64.
                 alternatives = {KernelChoice.GEMV: m <= GEMV_MAX_M, KernelChoice.GEMM: m <= GEMV_MAX_M or m >= 64,
-                                KernelChoice.DEQUANT_CUBLAS: m >= 64}
+                                KernelChoice.GEMM_SWAPPED: 4 <= m <= 256, KernelChoice.DEQUANT_CUBLAS: m >= 64}
                 wanted = kernel is choice or alternatives[kernel]
                 if not wanted:
                     continue
@@ -467,7 +494,7 @@ def format_row(r: dict) -> str:
             f"fp16 {r['fp16_us']:8.1f}", f"gemlite {r.get('gemlite_us', float('nan')):8.1f}",
             f"floor {r['floor_us']:6.1f}", f"x{r['speedup_vs_fp16']:5.2f} fp16",
             f"x{r.get('speedup_vs_gemlite', float('nan')):5.2f} gl", f"{100 * r['floor_fraction']:5.1f}% floor"]
-    extra = " ".join(f"{k[:-3]}={r[k]:.1f}" for k in ("gemv_us", "gemm_us", "dequant_cublas_us") if k in r)
+    extra = " ".join(f"{k[:-3]}={r[k]:.1f}" for k in ("gemv_us", "gemm_us", "gemm_swapped_us", "dequant_cublas_us") if k in r)
     return " ".join(cols) + "  | " + extra
 
 
@@ -481,7 +508,7 @@ def main() -> None:
                         help="M=1: time the tuned GEMV against streaming its words alone (what limits it)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--ms", default=",".join(map(str, MS)))
-    parser.add_argument("--kinds", default="gemv,gemm,dequant_cublas",
+    parser.add_argument("--kinds", default="gemv,gemm,gemm_swapped,dequant_cublas",
                         help="kernels --autotune tunes or times (others keep their entries)")
     parser.add_argument("--out", type=Path, default=None, help="also copy result files here")
     parser.add_argument("--part", default="0/1", help="i/n: with --check-only or --warm-only, do every n-th item from i")

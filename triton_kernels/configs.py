@@ -126,6 +126,17 @@ def default_gemm(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
     return GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=warps, num_stages=3)
 
 
+def default_gemm_swapped(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
+    """The weight-as-first-operand GEMM (`gemm_swapped.py`): M is the MMA's N side, one tile up to M = 128;
+    64 columns a warpgroup; split K only while the tiles alone leave multiprocessors idle."""
+    block_m = min(max(16, bucket_m(m)), 128)
+    block_n = 64 if m <= 64 else 128
+    tiles = (-(-m // block_m)) * (-(-n // block_n))
+    blocks = -(-k // 128)
+    split_k = max(1, min(blocks // 4, (2 * sm_count) // max(tiles, 1)))
+    return GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=block_n // 16, num_stages=3)
+
+
 def gemv_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemvConfig:
     entry = _nearest_entry(load_table(gpu_name), "gemv", n, k, m) if gpu_name else None
     return GemvConfig(**entry) if entry else default_gemv(n, k, m, sm_count)
@@ -138,3 +149,8 @@ def gemm_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> 
 
 def as_entry(config: GemvConfig | GemmConfig) -> dict:
     return asdict(config)
+
+
+def gemm_swapped_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemmConfig:
+    entry = _nearest_entry(load_table(gpu_name), "gemm_swapped", n, k, m) if gpu_name else None
+    return GemmConfig(**entry) if entry else default_gemm_swapped(n, k, m, sm_count)

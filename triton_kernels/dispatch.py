@@ -23,6 +23,7 @@ MIN_CAPABILITY = (7, 5)  # Turing: the oldest tensor cores Triton's fp16 `tl.dot
 class KernelChoice(enum.Enum):
     GEMV = "gemv"
     GEMM = "gemm"
+    GEMM_SWAPPED = "gemm_swapped"
     DEQUANT_CUBLAS = "dequant_cublas"
     TORCH = "torch"
 
@@ -39,13 +40,16 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "M<=2: the CUDA-core GEMV (packed fp16 products) beat the tensor-core GEMM (which pads M to 16) on "
          "every benchmark shape on the H100 (M=1: 12288x4096 15.1 vs 23.4 us, 28672x8192 53.3 vs 86.2, "
          "4096x4096 8.0 vs 11.3; M=2: 12288x4096 18.4 vs 23.8)"),
-    Rule(128, KernelChoice.GEMM,
-         "2<M<=128: the GEMV's multiply-adds grow with every row of M, so from M=4 the fused GEMM (one "
-         "dequantisation per weight per M tile, tensor cores) wins (12288x4096 M=4: 24.0 vs 25.8 us, M=8: 24.3 "
-         "vs 53.4); it also beat dequant+cuBLAS up to M=64 everywhere and to M=128 on most shapes"),
+    Rule(128, KernelChoice.GEMM_SWAPPED,
+         "2<M<=128: the GEMV's multiply-adds grow with every row of M, so from M=4 a tensor-core GEMM wins; the "
+         "one with the weight as the MMA's register operand (`gemm_swapped.py`, slabs dequantised in fp16 pairs) "
+         "beat the GEMV, the x-first GEMM and dequant+cuBLAS on the H100 on 41 of the 42 (shape, M=4..128) pairs "
+         "(12288x4096 M=4: 20.1 vs GEMM 24.5 vs GEMV 26.2 us; M=64: 41.9 vs 52.8 vs dequant+cuBLAS 85.2; "
+         "28672x8192 M=64: 135.0 vs 226.6 vs 390.4; M=128: 260.2 vs 367.6 vs 393.5)"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
-         "M>128: compute-bound; the fused loop's in-register dequantisation stalls the tensor cores "
-         "(12288x4096 M=256: GEMM 161 us vs dequant+cuBLAS 89 us), so write the fp16 weight once and call cuBLAS"),
+         "M>128: compute-bound; the fused loops' in-register dequantisation holds up the tensor cores "
+         "(12288x4096 M=256: dequant+cuBLAS 90.8 us vs swapped GEMM 129.8 vs GEMM 166.4; 28672x8192: 413.2 vs "
+         "508.5 vs 703.4), so write the fp16 weight once and call cuBLAS"),
 )
 
 _notified = False

@@ -109,3 +109,47 @@ def pair_dot(q0, q1, q2, q3, x0, x1, x2, x3):
         is_pure=True,
         pack=1,
     )
+
+
+@triton.jit
+def slab_pairs(words, z64, z4):
+    """Packed words (int32, two neighbouring elements a time) -> the 8 slabs of their 128-row block as fp16
+    (q - z) / 16, one tensor per nibble i, each shaped like `words`: the GEMM's tensor-core operands.
+
+    The tensor cores take a slab's operand as fp16 pairs of neighbouring words (K rows 16 i + j, 16 i + j + 1,
+    see `prepare.py`), so two words are read at once (pack=2): one PRMT gathers their low halves (nibbles
+    0..3 of both), one their high halves (nibbles 4..7); from there each pair of slab values costs one LOP3
+    and one HFMA2, exact as in `dequant_pairs`. 2 PRMT, 2 shifts, 8 LOP3 and 8 HFMA2 for 16 weights.
+    `z64`, `z4` are `zero_pairs(z)`, one group (whole 128-row blocks) for all 8 slabs."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 lo, hi, lo8, hi8, t, by16, by256;
+        mov.b32 by16, 0x2c002c00;
+        mov.b32 by256, 0x1c001c00;
+        prmt.b32 lo, $8, $9, 0x5410;
+        prmt.b32 hi, $8, $9, 0x7632;
+        shr.u32 lo8, lo, 8;
+        shr.u32 hi8, hi, 8;
+        lop3.b32 t, lo, 0x000f000f, 0x64006400, 0xea;
+        fma.rn.f16x2 $0, t, by16, $10;
+        lop3.b32 t, lo, 0x00f000f0, 0x64006400, 0xea;
+        fma.rn.f16x2 $1, t, by256, $12;
+        lop3.b32 t, lo8, 0x000f000f, 0x64006400, 0xea;
+        fma.rn.f16x2 $2, t, by16, $10;
+        lop3.b32 t, lo8, 0x00f000f0, 0x64006400, 0xea;
+        fma.rn.f16x2 $3, t, by256, $12;
+        lop3.b32 t, hi, 0x000f000f, 0x64006400, 0xea;
+        fma.rn.f16x2 $4, t, by16, $10;
+        lop3.b32 t, hi, 0x00f000f0, 0x64006400, 0xea;
+        fma.rn.f16x2 $5, t, by256, $12;
+        lop3.b32 t, hi8, 0x000f000f, 0x64006400, 0xea;
+        fma.rn.f16x2 $6, t, by16, $10;
+        lop3.b32 t, hi8, 0x00f000f0, 0x64006400, 0xea;
+        fma.rn.f16x2 $7, t, by256, $12;
+        }""",
+        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r",
+        args=[words, z64, z4],
+        dtype=(tl.float16,) * 8,
+        is_pure=True,
+        pack=2,
+    )

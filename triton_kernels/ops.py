@@ -17,6 +17,7 @@ from . import configs
 from .dequant import dequant_matmul
 from .dispatch import KernelChoice, select_kernel
 from .gemm import gemm
+from .gemm_swapped import gemm_swapped
 from .gemv import gemv
 from .prepare import PreparedWeight, dequantize_prepared
 
@@ -60,6 +61,8 @@ def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, ker
         return dequant_matmul(x, weight, bias)
     if kernel is KernelChoice.GEMV:
         return gemv(x, weight, bias, configs.gemv_config(name, n, k, m, sms))
+    if kernel is KernelChoice.GEMM_SWAPPED:
+        return gemm_swapped(x, weight, bias, configs.gemm_swapped_config(name, n, k, m, sms))
     assert kernel is KernelChoice.GEMM, f"unknown kernel {kernel}"
     return gemm(x, weight, bias, configs.gemm_config(name, n, k, m, sms))
 

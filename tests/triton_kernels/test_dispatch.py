@@ -13,7 +13,8 @@ def test_table_is_ordered_and_explained():
     limits = [rule.max_m for rule in DISPATCH_TABLE]
     assert limits == sorted(limits) and len(set(limits)) == len(limits)
     assert all(len(rule.reason) > 20 for rule in DISPATCH_TABLE)
-    assert {rule.choice for rule in DISPATCH_TABLE} == {KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.DEQUANT_CUBLAS}
+    assert {rule.choice for rule in DISPATCH_TABLE} == {KernelChoice.GEMV, KernelChoice.GEMM_SWAPPED,
+                                                     KernelChoice.DEQUANT_CUBLAS}
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 64, 256, 257, 1024, 8192])
@@ -24,7 +25,7 @@ def test_choice_follows_table(m):
 
 def test_regimes():
     assert select_kernel(1, 12288, 4096, H100) is KernelChoice.GEMV
-    assert select_kernel(64, 12288, 4096, H100) is KernelChoice.GEMM
+    assert select_kernel(64, 12288, 4096, H100) is KernelChoice.GEMM_SWAPPED
     assert select_kernel(4096, 12288, 4096, H100) is KernelChoice.DEQUANT_CUBLAS
 
 
@@ -46,7 +47,7 @@ def test_measured_per_shape_choice_overrides_the_table(monkeypatch):
     assert select_kernel(2, 4096, 4096, H100) is KernelChoice.GEMV  # no GPU name: the table
     assert select_kernel(2, 4096, 4096, H100, "Some GPU") is KernelChoice.GEMM
     assert select_kernel(2, 4096, 11008, H100, "Some GPU") is KernelChoice.GEMV  # other shape
-    assert select_kernel(8, 4096, 4096, H100, "Some GPU") is KernelChoice.GEMM  # other bucket: the table
+    assert select_kernel(8, 4096, 4096, H100, "Some GPU") is KernelChoice.GEMM_SWAPPED  # other bucket: the table
     assert select_kernel(1, 4096, 4096, None, "Some GPU") is KernelChoice.TORCH  # no CUDA: still the fallback
 
 

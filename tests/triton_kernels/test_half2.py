@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 
 from triton_kernels import half2
-from triton_kernels.configs import GemvConfig
+from triton_kernels import gemm_swapped as swapped
+from triton_kernels.configs import GemmConfig, GemvConfig
 from triton_kernels.gemv import gemv, use_half2
 from triton_kernels.prepare import prepare
 from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error
@@ -123,3 +124,32 @@ def test_half2_gemv_large_activations():
     assert ref.abs().max() < 30000, "the test's output itself must fit in fp16"
     assert torch.isfinite(y).all()
     assert relative_error(y, ref) < RTOL
+
+
+def test_gemm_swapped_half2_only_where_it_can_run():
+    _, x, w = _layer(16, 256, 64, 128, seed=0)
+    assert swapped.use_half2(w, x) == x.is_cuda  # the interpreter cannot run inline PTX
+    _, x64, w64 = _layer(16, 256, 64, 64, seed=0)
+    assert not swapped.use_half2(w64, x64), "groups of 64 rows split a 128-row block"
+    bf = random_awq_layer(256, 64, 128, torch.bfloat16, device=DEVICE, seed=0)
+    assert not swapped.use_half2(prepare(bf.qweight, bf.qzeros, bf.scales, bf.group_size), x.bfloat16())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inline PTX needs a CUDA GPU")
+@pytest.mark.parametrize("m", [5, 16, 40, 100])
+@pytest.mark.parametrize("k,n,group", [(256, 64, 128), (640, 40, 128), (384, 192, -1), (1024, 128, 256)])
+@pytest.mark.parametrize("block_m,block_n,split_k,warps,stages",
+                         [(16, 64, 1, 4, 3), (32, 64, 2, 4, 4), (64, 128, 3, 8, 3), (128, 128, 1, 8, 3)])
+def test_half2_gemm_swapped(m, k, n, group, block_m, block_n, split_k, warps, stages):
+    """The fp16-pair slabs against the float64 reference over ragged M and N (40), ragged splits (640 rows:
+    5 blocks over 3 splits), one group over all of K (-1) and groups of two blocks; as close as the float32 path."""
+    layer, x, w = _layer(m, k, n, group, seed=m * 5 + k + n)
+    assert swapped.use_half2(w, x)
+    config = GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=warps, num_stages=stages)
+    ref = reference_matmul(x, layer)
+    y = swapped.gemm_swapped(x, w, None, config)
+    err = relative_error(y, ref)
+    assert err < RTOL, f"relative error {err:.2e}"
+    err32 = relative_error(swapped.gemm_swapped(x, w, None, config, half2=False), ref)
+    assert err < max(2 * err32, 2e-3), f"fp16-pair error {err:.2e} against float32 path {err32:.2e}"

@@ -11,6 +11,7 @@ import torch
 from triton_kernels.configs import GemmConfig, GemvConfig
 from triton_kernels.dequant import dequantize
 from triton_kernels.gemm import gemm
+from triton_kernels.gemm_swapped import gemm_swapped
 from triton_kernels.gemv import gemv
 from triton_kernels.prepare import dequantize_prepared, prepare
 from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error
@@ -96,6 +97,26 @@ def test_gemm(m, block_m, split_k, k, n, group, dtype):
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
     y = gemm(x, w, bias, GemmConfig(block_m=block_m, block_n=32, split_k=split_k, num_warps=4, num_stages=1))
     _check(y, layer, x, bias, m, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k,n,group", SHAPES)
+@pytest.mark.parametrize("m,block_m,block_n,split_k", [(1, 16, 32, 1), (21, 16, 16, 2), (40, 32, 32, 3)])
+def test_gemm_swapped(m, block_m, block_n, split_k, k, n, group, dtype):
+    """The weight-as-first-operand GEMM: M not a multiple of the tile, N not a multiple of the tile
+    (n=40, 48), K not a multiple of the block (96, 160), more splits than blocks (k=96, split_k=2, 3)."""
+    layer, x, bias = _inputs(m, k, n, group, dtype, seed=3 * m + k + n, with_bias=(m == 21))
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    config = GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=4, num_stages=1)
+    y = gemm_swapped(x, w, bias, config)
+    _check(y, layer, x, bias, m, n)
+
+
+def test_gemm_swapped_rejects_tiles_below_16():
+    layer, x, _ = _inputs(4, 128, 32, 128, torch.float16, seed=0)
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    with pytest.raises(AssertionError, match="at least 16"):
+        gemm_swapped(x, w, None, GemmConfig(block_m=8, block_n=32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -22,7 +22,7 @@ def test_cpu_reference_path_with_leading_dims_and_bias(dtype):
     assert relative_error(y.reshape(6, 32), reference_matmul(x.reshape(6, 256), layer, bias)) < RTOL
 
 
-@pytest.mark.parametrize("kernel", [KernelChoice.GEMV, KernelChoice.GEMM])
+@pytest.mark.parametrize("kernel", [KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.GEMM_SWAPPED])
 def test_forced_triton_kernels_through_the_op(kernel):
     device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton's interpreter
     layer, w, x = _layer_and_x((1, 2), 256, 32, 128, torch.float16, device, seed=3)

@@ -1,0 +1,170 @@
+"""Fused int4-dequantize GEMM with the weight as the tensor cores' first operand: y^T = W^T x^T.
+
+`gemm.py` multiplies x (BLOCK_M, 16) by the dequantised weight slab (16, BLOCK_N). On Hopper, Triton
+feeds the second operand of a warpgroup MMA (wgmma) from shared memory only, so from BLOCK_M = 64,
+where it picks wgmma, every dequantised weight is stored to shared memory (2-byte stores) and read
+back before the MMA. Here the roles swap: the weight slab W^T (BLOCK_N, 16) is the first operand,
+which wgmma reads straight from registers, and the activations x^T (16, BLOCK_M) are the second,
+copied to shared memory by the pipeliner's asynchronous loads (they are few: BLOCK_M rows). M
+becomes the MMA's N dimension, which wgmma allows from 8 to 256, so one kernel covers M from 16
+to a few hundred without padding M to 64.
+
+For the weight to stay in registers, the whole chain from the loaded words to the fp16 slab must be
+elementwise (Triton then converts the loaded int32 words to the MMA operand layout once per
+128-row block, and every slab's dequantisation runs in that layout). Hence the float32 bits of
+2**23 are a compile-time constant here (a runtime splat stops that conversion from moving up to the
+load and sends each slab through shared memory), and the zero point enters as a (BLOCK_N, 1) column.
+
+The dequantisation is `nibbles.py`'s (exact q - z, one LOP3 and one FADD a weight), the K layout is
+`prepare.py`'s: slab i of a 128-row block is nibble i of its 16 words per column. The scale
+multiplies the float32 partial product of each group once per column. Pure `tl`: runs under
+`TRITON_INTERPRET=1`.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import GemmConfig
+from .gemm import _interpreter_bf16
+from .half2 import WEIGHT_SCALE, slab_pairs, zero_pairs
+from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
+from .prepare import PACK_K, PreparedWeight
+from .splitk import split_buffers, store_partial
+
+BASE_BITS = tl.constexpr(FLOAT_2_23_BITS)  # a constant, not an argument: see the module docstring
+PAIR_SCALE = tl.constexpr(WEIGHT_SCALE)  # `slab_pairs` gives (q - z) / 16
+
+
+@triton.jit
+def _slab_x(x_ptr, b, i: tl.constexpr, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K: tl.constexpr):
+    """(16, BM) x^T rows of slab i of block b."""
+    k = b * 128 + 16 * i + offs_k  # (16, 1)
+    return tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m if EVEN_K else mask_m & (k < K), other=0.0)
+
+
+@triton.jit
+def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n, N, K, stride_xm,
+                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr,
+                 EVEN_K: tl.constexpr):
+    """acc (BN, BM) plus the product of one 128-row block, dequantised in float32 (`nibbles.py`), any group size."""
+    # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
+    GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
+    SLABS: tl.constexpr = 8 // GROUPS
+    high = high_word(words)
+    for g in tl.static_range(GROUPS):
+        group = (b * 128 + 16 * SLABS * g) // GROUP
+        z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (BN, 1)
+        s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN, 1)
+        part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
+            xt = _slab_x(x_ptr, b, i, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K)  # (16, BM)
+            w = nibble_float(words, high, BASE_BITS, i) - zero_float(z, BASE_BITS, i)  # (BN, 16), exact
+            part = tl.dot(w.to(dot_dtype), xt.to(dot_dtype), part)
+        acc += part * s
+    return acc
+
+
+@triton.jit
+def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n, N, K, stride_xm,
+                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
+    """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
+    (`half2.slab_pairs`) to (q - z) / 16, exact; the scale times 16 multiplies the float32 sum."""
+    group = (b * 128) // GROUP
+    z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (BN, 1)
+    s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32) * PAIR_SCALE  # (BN, 1)
+    z64, z4 = zero_pairs(z)
+    zeros = tl.zeros_like(words)  # the zero-point pairs, shaped like the words they are read with
+    w0, w1, w2, w3, w4, w5, w6, w7 = slab_pairs(words, z64 + zeros, z4 + zeros)  # (BN, 16) each
+    part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    part = tl.dot(w0, _slab_x(x_ptr, b, 0, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    part = tl.dot(w1, _slab_x(x_ptr, b, 1, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    part = tl.dot(w2, _slab_x(x_ptr, b, 2, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    part = tl.dot(w3, _slab_x(x_ptr, b, 3, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    part = tl.dot(w4, _slab_x(x_ptr, b, 4, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    part = tl.dot(w5, _slab_x(x_ptr, b, 5, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    part = tl.dot(w6, _slab_x(x_ptr, b, 6, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    part = tl.dot(w7, _slab_x(x_ptr, b, 7, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    return acc + part * s
+
+
+@triton.jit
+def gemm_swapped_kernel(
+    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
+    M, N, K, stride_xm, stride_ym, blocks_per_split, split_k,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr, HALF2: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    # M tiles vary fastest, so the programs that share one weight tile run together and hit L2.
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    pid_m = pid % tiles_m
+    pid_n = pid // tiles_m
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]  # (BN, 1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]  # (1, BM)
+    offs_j = tl.arange(0, 16)[None, :]  # (1, 16): word j of a column
+    offs_k = tl.arange(0, 16)[:, None]  # (16, 1): a slab's rows of x^T
+    mask_m = offs_m < M
+    mask_n = (offs_n < N) | EVEN_N  # EVEN_N: N is a multiple of BLOCK_N, no column is out of range
+    dot_dtype: tl.constexpr = tl.float32 if DOT_F32 else x_ptr.dtype.element_ty
+    n_blocks = tl.cdiv(K, 128)
+    b_start = pid_k * blocks_per_split
+    b_end = tl.minimum(b_start + blocks_per_split, n_blocks)
+
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # y^T tile
+    for b in range(b_start, b_end):
+        words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j, mask=mask_n, other=0)  # (BN, 16)
+        if HALF2:
+            acc = _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n,
+                                N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, EVEN_K)
+        else:
+            acc = _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n,
+                                N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, dot_dtype, EVEN_K)
+
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN, 1)
+        acc += bias * (pid_k == 0).to(tl.float32)
+    # offs_m (1, BM) and offs_n (BN, 1) address the (BN, BM) tile of y (M, N) transposed
+    if SPLIT:
+        store_partial(acc, y_ptr, ws_ptr, count_ptr, pid, pid_k, split_k, M, N, offs_m, offs_n, stride_ym)
+    else:
+        tl.store(y_ptr + offs_m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
+
+
+def use_half2(weight: PreparedWeight, x: torch.Tensor) -> bool:
+    """Whether the slabs are dequantised in fp16 pairs (`half2.slab_pairs`): fp16, groups of whole 128-row
+    blocks, a GPU, and not Triton's interpreter (which cannot run inline PTX)."""
+    return (weight.dtype == torch.float16 and weight.group_size % PACK_K == 0 and x.is_cuda
+            and os.environ.get("TRITON_INTERPRET") != "1")
+
+
+def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemmConfig,
+                 half2: bool | None = None) -> torch.Tensor:
+    """x (M, K) -> (M, N). `half2` None: the fp16-pair dequantisation wherever it can run (False: float32)."""
+    m, k = x.shape
+    n = weight.out_features
+    assert k == weight.in_features, f"x has K={k}, weight expects {weight.in_features}"
+    assert x.dtype == weight.dtype, f"x dtype {x.dtype} != weight dtype {weight.dtype}"
+    assert x.stride(1) == 1, "x must be contiguous along K"
+    assert config.block_m >= 16 and config.block_n >= 16, f"tl.dot needs tiles of at least 16, got {config}"
+    n_blocks = weight.padded_in_features // PACK_K
+    split_k = max(1, min(config.split_k, n_blocks))
+    blocks_per_split = triton.cdiv(n_blocks, split_k)
+    split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split_k)
+    y, workspace, counters = split_buffers(m, n, x, split_k, grid[0])
+    gemm_swapped_kernel[grid](
+        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
+        m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k,
+        GROUP=weight.group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        HAS_BIAS=bias is not None, SPLIT=split_k > 1, DOT_F32=_interpreter_bf16(x),
+        HALF2=use_half2(weight, x) if half2 is None else half2 and use_half2(weight, x),
+        EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return y
