@@ -12,6 +12,7 @@ Pure `tl`: no inline assembly, so the same code runs under `TRITON_INTERPRET=1`.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -93,10 +94,18 @@ def _interpreter_bf16(x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def gemm(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemmConfig) -> torch.Tensor:
-    """x (M, K) -> (M, N)."""
+@dataclass(frozen=True)
+class TiledLaunch:
+    """An (M tiles x N tiles, splits of K) grid over whole 128-row blocks, no split left empty."""
+
+    grid: tuple[int, int]
+    blocks_per_split: int
+    split_k: int
+
+
+def tiled_launch(x: torch.Tensor, weight: PreparedWeight, config: GemmConfig) -> TiledLaunch:
+    """Check x (M, K) against the weight and lay out the GEMM grid of `config` (shared by both GEMMs)."""
     m, k = x.shape
-    n = weight.out_features
     assert k == weight.in_features, f"x has K={k}, weight expects {weight.in_features}"
     assert x.dtype == weight.dtype, f"x dtype {x.dtype} != weight dtype {weight.dtype}"
     assert x.stride(1) == 1, "x must be contiguous along K"
@@ -104,7 +113,16 @@ def gemm(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     split_k = max(1, min(config.split_k, n_blocks))
     blocks_per_split = triton.cdiv(n_blocks, split_k)
     split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
-    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split_k)
+    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.out_features, config.block_n), split_k)
+    return TiledLaunch(grid, blocks_per_split, split_k)
+
+
+def gemm(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemmConfig) -> torch.Tensor:
+    """x (M, K) -> (M, N)."""
+    m, k = x.shape
+    n = weight.out_features
+    launch = tiled_launch(x, weight, config)
+    grid, blocks_per_split, split_k = launch.grid, launch.blocks_per_split, launch.split_k
     y, workspace, counters = split_buffers(m, n, x, split_k, grid[0])
     gemm_kernel[grid](
         x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,

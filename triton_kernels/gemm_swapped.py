@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .configs import GemmConfig
-from .gemm import _interpreter_bf16
+from .gemm import _interpreter_bf16, tiled_launch
 from .half2 import WEIGHT_SCALE, slab_pairs, zero_pairs
 from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
 from .prepare import PACK_K, PreparedWeight
@@ -148,15 +148,9 @@ def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | N
     """x (M, K) -> (M, N). `half2` None: the fp16-pair dequantisation wherever it can run (False: float32)."""
     m, k = x.shape
     n = weight.out_features
-    assert k == weight.in_features, f"x has K={k}, weight expects {weight.in_features}"
-    assert x.dtype == weight.dtype, f"x dtype {x.dtype} != weight dtype {weight.dtype}"
-    assert x.stride(1) == 1, "x must be contiguous along K"
     assert config.block_m >= 16 and config.block_n >= 16, f"tl.dot needs tiles of at least 16, got {config}"
-    n_blocks = weight.padded_in_features // PACK_K
-    split_k = max(1, min(config.split_k, n_blocks))
-    blocks_per_split = triton.cdiv(n_blocks, split_k)
-    split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
-    grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split_k)
+    launch = tiled_launch(x, weight, config)
+    grid, blocks_per_split, split_k = launch.grid, launch.blocks_per_split, launch.split_k
     y, workspace, counters = split_buffers(m, n, x, split_k, grid[0])
     gemm_swapped_kernel[grid](
         x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
