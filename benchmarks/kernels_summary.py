@@ -3,7 +3,8 @@
     python benchmarks/kernels_summary.py   # -> prints a markdown table, writes results/kernels_summary_<gpu>.json
 
 Sources, in order of preference for each (shape, M):
-- `kernels_<gpu>_swapped.json` (all seven shapes at M = 4..256, after the swapped GEMM and its tuning),
+- `kernels_<gpu>_swapped_joined.json` (all seven shapes at M = 4..256, the swapped GEMM with one depth-128
+  dot a block, and its tuning), then `kernels_<gpu>_swapped.json` (the same Ms, its first version),
   `kernels_<gpu>_half2.json` (all seven shapes at M = 1..16, after the packed-fp16 GEMV and its retune),
   then `kernels_<gpu>_current_7b.json` and `kernels_<gpu>_current_70b.json` (the 7B and the 70B shapes at
   every M, timed in two calls on the same GPU kind with the kernels and configs of then, unchanged since
@@ -31,7 +32,7 @@ from triton_kernels.dispatch import select_kernel  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 GPU = "NVIDIA H100 80GB HBM3"
 CAPABILITY = (9, 0)
-CURRENT = ("current_7b", "current_70b", "half2", "swapped")  # benchmark runs of the shipped kernels, oldest first
+CURRENT = ("current_7b", "current_70b", "half2", "swapped", "swapped_joined")  # benchmark runs of the shipped kernels, oldest first
 
 
 def _load(name: str) -> dict:

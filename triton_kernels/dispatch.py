@@ -40,16 +40,15 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "M<=2: the CUDA-core GEMV (packed fp16 products) beat the tensor-core GEMM (which pads M to 16) on "
          "every benchmark shape on the H100 (M=1: 12288x4096 15.1 vs 23.4 us, 28672x8192 53.3 vs 86.2, "
          "4096x4096 8.0 vs 11.3; M=2: 12288x4096 18.4 vs 23.8)"),
-    Rule(128, KernelChoice.GEMM_SWAPPED,
-         "2<M<=128: the GEMV's multiply-adds grow with every row of M, so from M=4 a tensor-core GEMM wins; the "
-         "one with the weight as the MMA's register operand (`gemm_swapped.py`, slabs dequantised in fp16 pairs) "
-         "beat the GEMV, the x-first GEMM and dequant+cuBLAS on the H100 on 41 of the 42 (shape, M=4..128) pairs "
-         "(12288x4096 M=4: 20.1 vs GEMM 24.5 vs GEMV 26.2 us; M=64: 41.9 vs 52.8 vs dequant+cuBLAS 85.2; "
-         "28672x8192 M=64: 135.0 vs 226.6 vs 390.4; M=128: 260.2 vs 367.6 vs 393.5)"),
+    Rule(256, KernelChoice.GEMM_SWAPPED,
+         "2<M<=256: the GEMV's multiply-adds grow with every row of M, so from M=4 a tensor-core GEMM wins; the "
+         "one with the weight as the MMA's register operand (`gemm_swapped.py`: slabs dequantised in fp16 pairs, "
+         "one depth-128 MMA a block) beat the GEMV, the x-first GEMM and dequant+cuBLAS on the H100 on all 49 "
+         "(shape, M=4..256) pairs (12288x4096 M=4: 17.0 vs GEMM 24.3 vs GEMV 25.8 us; M=64: 26.9 vs 52.4 vs "
+         "dequant+cuBLAS 84.6; 28672x8192 M=64: 100.0 vs 223.3 vs 383.0; M=256: 334.0 vs 697.8 vs 409.4)"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
-         "M>128: compute-bound; the fused loops' in-register dequantisation holds up the tensor cores "
-         "(12288x4096 M=256: dequant+cuBLAS 90.8 us vs swapped GEMM 129.8 vs GEMM 166.4; 28672x8192: 413.2 vs "
-         "508.5 vs 703.4), so write the fp16 weight once and call cuBLAS"),
+         "M>256: compute-bound; write the fp16 weight once and call cuBLAS (the fused kernels were not tuned "
+         "beyond M=256; at M=1024 dequant+cuBLAS took 0.74-0.77x of fp16 cuBLAS's time on the H100 benchmark shapes)"),
 )
 
 _notified = False

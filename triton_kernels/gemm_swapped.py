@@ -3,22 +3,24 @@
 `gemm.py` multiplies x (BLOCK_M, 16) by the dequantised weight slab (16, BLOCK_N). On Hopper, Triton
 feeds the second operand of a warpgroup MMA (wgmma) from shared memory only, so from BLOCK_M = 64,
 where it picks wgmma, every dequantised weight is stored to shared memory (2-byte stores) and read
-back before the MMA. Here the roles swap: the weight slab W^T (BLOCK_N, 16) is the first operand,
-which wgmma reads straight from registers, and the activations x^T (16, BLOCK_M) are the second,
+back before the MMA. Here the roles swap: the weight block W^T (BLOCK_N, 128) is the first operand,
+which wgmma reads straight from registers, and the activations x^T (128, BLOCK_M) are the second,
 copied to shared memory by the pipeliner's asynchronous loads (they are few: BLOCK_M rows). M
-becomes the MMA's N dimension, which wgmma allows from 8 to 256, so one kernel covers M from 16
-to a few hundred without padding M to 64.
+becomes the MMA's N dimension, which wgmma allows from 8 to 256, so one kernel covers M from 3
+to a few hundred, padded to 16 rows at the least.
 
-For the weight to stay in registers, the whole chain from the loaded words to the fp16 slab must be
-elementwise (Triton then converts the loaded int32 words to the MMA operand layout once per
-128-row block, and every slab's dequantisation runs in that layout). Hence the float32 bits of
+For the weight to stay in registers, the whole chain from the loaded words to the fp16 block must be
+elementwise or a register renaming (Triton then converts the loaded int32 words to the MMA operand
+layout once per 128-row block, and the dequantisation runs in that layout). Hence the float32 bits of
 2**23 are a compile-time constant here (a runtime splat stops that conversion from moving up to the
 load and sends each slab through shared memory), and the zero point enters as a (BLOCK_N, 1) column.
 
-The dequantisation is `nibbles.py`'s (exact q - z, one LOP3 and one FADD a weight), the K layout is
-`prepare.py`'s: slab i of a 128-row block is nibble i of its 16 words per column. The scale
-multiplies the float32 partial product of each group once per column. Pure `tl`: runs under
-`TRITON_INTERPRET=1`.
+Per 128-row block: its 16 words a column give 8 slabs (slab i = nibble i = K rows 16 i .. 16 i + 15,
+`prepare.py`), dequantised to exact q - z, in fp16 pairs where possible (`half2.slab_pairs`) or else
+in float32 (`nibbles.py`); the slabs are joined into one (BLOCK_N, 128) operand and multiplied in one
+`tl.dot` (`_join_slabs` says why). The scale multiplies the float32 product of each group once per
+column. Groups smaller than a block fall back to one depth-16 `tl.dot` per slab. The float32 path is
+pure `tl` and runs under `TRITON_INTERPRET=1`.
 """
 from __future__ import annotations
 
@@ -47,47 +49,79 @@ def _slab_x(x_ptr, b, i: tl.constexpr, offs_m, offs_k, mask_m, K, stride_xm, EVE
 
 
 @triton.jit
+def _slab_float(words, high, z, i: tl.constexpr, dot_dtype: tl.constexpr):
+    """Slab i of the words as exact q - z in the MMA's dtype (`nibbles.py`: one LOP3 and one FADD a weight)."""
+    return (nibble_float(words, high, BASE_BITS, i) - zero_float(z, BASE_BITS, i)).to(dot_dtype)  # (BN, 16)
+
+
+@triton.jit
+def _block_x(x_ptr, b, offs_m, mask_m, K, stride_xm, EVEN_K: tl.constexpr):
+    """(128, BM) x^T rows of block b."""
+    k = b * 128 + tl.arange(0, 128)[:, None]  # (128, 1)
+    return tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m if EVEN_K else mask_m & (k < K), other=0.0)
+
+
+@triton.jit
 def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n, N, K, stride_xm,
                  GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr,
                  EVEN_K: tl.constexpr):
-    """acc (BN, BM) plus the product of one 128-row block, dequantised in float32 (`nibbles.py`), any group size."""
+    """acc (BN, BM) plus the product of one 128-row block, dequantised in float32 (`nibbles.py`), any group size:
+    one depth-128 `tl.dot` where one group covers the block, else one depth-16 `tl.dot` per slab."""
     # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
     GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
     SLABS: tl.constexpr = 8 // GROUPS
     high = high_word(words)
-    for g in tl.static_range(GROUPS):
-        group = (b * 128 + 16 * SLABS * g) // GROUP
+    if GROUPS == 1:
+        group = (b * 128) // GROUP
         z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (BN, 1)
         s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN, 1)
-        part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
-            xt = _slab_x(x_ptr, b, i, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K)  # (16, BM)
-            w = nibble_float(words, high, BASE_BITS, i) - zero_float(z, BASE_BITS, i)  # (BN, 16), exact
-            part = tl.dot(w.to(dot_dtype), xt.to(dot_dtype), part)
-        acc += part * s
+        w = _join_slabs(_slab_float(words, high, z, 0, dot_dtype), _slab_float(words, high, z, 1, dot_dtype),
+                        _slab_float(words, high, z, 2, dot_dtype), _slab_float(words, high, z, 3, dot_dtype),
+                        _slab_float(words, high, z, 4, dot_dtype), _slab_float(words, high, z, 5, dot_dtype),
+                        _slab_float(words, high, z, 6, dot_dtype), _slab_float(words, high, z, 7, dot_dtype),
+                        BLOCK_N)  # (BN, 128)
+        xt = _block_x(x_ptr, b, offs_m, mask_m, K, stride_xm, EVEN_K).to(dot_dtype)  # (128, BM)
+        acc += tl.dot(w, xt) * s
+    else:
+        for g in tl.static_range(GROUPS):
+            group = (b * 128 + 16 * SLABS * g) // GROUP
+            z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (BN, 1)
+            s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN, 1)
+            part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
+                xt = _slab_x(x_ptr, b, i, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K)  # (16, BM)
+                part = tl.dot(_slab_float(words, high, z, i, dot_dtype), xt.to(dot_dtype), part)
+            acc += part * s
     return acc
+
+
+@triton.jit
+def _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr):
+    """Eight (BN, 16) slabs -> the (BN, 128) block, K row 16 i + j = slab i, column j.
+
+    One `tl.dot` over the whole block instead of eight over its slabs: Triton waits for each dot's MMAs
+    to finish before the next dot (a wait after each of eight wgmma per block), but issues one dot's MMAs
+    back to back. The joins and the reshape only rename registers (no shared memory in the sm_90 SASS)."""
+    pairs = tl.join(tl.join(tl.join(w0, w1), tl.join(w2, w3)), tl.join(tl.join(w4, w5), tl.join(w6, w7)))
+    # pairs[n, j, a, b, c] = slab 4 c + 2 b + a, column j: put (c, b, a, j) in K order, then flatten
+    return tl.reshape(tl.permute(pairs, (0, 4, 3, 2, 1)), (BLOCK_N, 128))
 
 
 @triton.jit
 def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n, N, K, stride_xm,
                  GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
-    (`half2.slab_pairs`) to (q - z) / 16, exact; the scale times 16 multiplies the float32 sum."""
+    (`half2.slab_pairs`) to (q - z) / 16, exact, and multiplied in one depth-128 `tl.dot`; the scale times
+    16 multiplies the float32 sum."""
     group = (b * 128) // GROUP
     z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (BN, 1)
     s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32) * PAIR_SCALE  # (BN, 1)
     z64, z4 = zero_pairs(z)
     zeros = tl.zeros_like(words)  # the zero-point pairs, shaped like the words they are read with
     w0, w1, w2, w3, w4, w5, w6, w7 = slab_pairs(words, z64 + zeros, z4 + zeros)  # (BN, 16) each
-    part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    part = tl.dot(w0, _slab_x(x_ptr, b, 0, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
-    part = tl.dot(w1, _slab_x(x_ptr, b, 1, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
-    part = tl.dot(w2, _slab_x(x_ptr, b, 2, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
-    part = tl.dot(w3, _slab_x(x_ptr, b, 3, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
-    part = tl.dot(w4, _slab_x(x_ptr, b, 4, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
-    part = tl.dot(w5, _slab_x(x_ptr, b, 5, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
-    part = tl.dot(w6, _slab_x(x_ptr, b, 6, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
-    part = tl.dot(w7, _slab_x(x_ptr, b, 7, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K), part)
+    w = _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N)  # (BN, 128): K rows of the block in order
+    xt = _block_x(x_ptr, b, offs_m, mask_m, K, stride_xm, EVEN_K)  # (128, BM)
+    part = tl.dot(w, xt)  # one depth-128 product: its MMAs issue back to back, one wait a block
     return acc + part * s
 
 

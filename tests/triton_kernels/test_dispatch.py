@@ -83,4 +83,5 @@ def test_swapped_gemm_shipped_entries_are_found():
     assert configs.gemm_swapped_config(name, 28672, 8192, 64, 132) == configs.GemmConfig(**entry)
     assert configs.gemm_swapped_config(name, 28672, 8192, 60, 132) == configs.GemmConfig(**entry)  # same bucket
     assert select_kernel(64, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
-    assert select_kernel(256, 28672, 8192, H100, name) is KernelChoice.DEQUANT_CUBLAS
+    assert select_kernel(256, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
+    assert select_kernel(1024, 28672, 8192, H100, name) is KernelChoice.DEQUANT_CUBLAS  # beyond the tuned M
