@@ -383,7 +383,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
             for kind, cands, fn, tuned in (
                 ("gemv", gemv_candidates(m, n, k) if m <= GEMV_MAX_M else [], gemv, "gemv" in kinds),
                 ("gemm", gemm_candidates(m, n, k) if m <= 256 else [], gemm, "gemm" in kinds),
-                ("gemm_swapped", gemm_swapped_candidates(m, n, k) if 4 <= m <= 256 else [], gemm_swapped,
+                ("gemm_swapped", gemm_swapped_candidates(m, n, k) if 2 <= m <= 256 else [], gemm_swapped,
                  "gemm_swapped" in kinds),
             ):
                 entry = entries.get(configs.config_key(kind, n, k, m))
@@ -463,7 +463,7 @@ def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
                 # The dispatched kernel, plus the alternatives where the choice is close: GEMV vs GEMM up
                 # to the GEMV's largest M (M = 1 is the single-query question), GEMM vs dequant+cuBLAS from M = 64.
                 alternatives = {KernelChoice.GEMV: m <= GEMV_MAX_M, KernelChoice.GEMM: m <= GEMV_MAX_M or m >= 64,
-                                KernelChoice.GEMM_SWAPPED: 4 <= m <= 256, KernelChoice.DEQUANT_CUBLAS: m >= 64}
+                                KernelChoice.GEMM_SWAPPED: 2 <= m <= 256, KernelChoice.DEQUANT_CUBLAS: m >= 64}
                 wanted = kernel is choice or alternatives[kernel]
                 if not wanted:
                     continue
