@@ -108,8 +108,8 @@ def _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n, N, K, stride_xm,
-                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
+def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n, N, K, stride_xm,
+                 GROUP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
     (`half2.slab_pairs`) to (q - z) / 16, exact, and multiplied in one depth-128 `tl.dot`; the scale times
     16 multiplies the float32 sum."""
@@ -154,8 +154,8 @@ def gemm_swapped_kernel(
     for b in range(b_start, b_end):
         words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j, mask=mask_n, other=0)  # (BN, 16)
         if HALF2:
-            acc = _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n,
-                                N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, EVEN_K)
+            acc = _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
+                               N, K, stride_xm, GROUP, BLOCK_N, EVEN_K)
         else:
             acc = _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n,
                                 N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, dot_dtype, EVEN_K)
