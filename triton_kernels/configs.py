@@ -147,10 +147,11 @@ def gemm_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> 
     return GemmConfig(**entry) if entry else default_gemm(n, k, m, sm_count)
 
 
-def as_entry(config: GemvConfig | GemmConfig) -> dict:
-    return asdict(config)
-
-
 def gemm_swapped_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemmConfig:
     entry = _nearest_entry(load_table(gpu_name), "gemm_swapped", n, k, m) if gpu_name else None
     return GemmConfig(**entry) if entry else default_gemm_swapped(n, k, m, sm_count)
+
+
+def as_entry(config: GemvConfig | GemmConfig) -> dict:
+    return asdict(config)
+

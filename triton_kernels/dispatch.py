@@ -48,7 +48,7 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "dequant+cuBLAS 84.6; 28672x8192 M=64: 100.0 vs 223.3 vs 383.0; M=256: 334.0 vs 697.8 vs 409.4)"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
          "M>256: compute-bound; write the fp16 weight once and call cuBLAS (the fused kernels were not tuned "
-         "beyond M=256; at M=1024 dequant+cuBLAS took 0.74-0.77x of fp16 cuBLAS's time on the H100 benchmark shapes)"),
+         "beyond M=256; at M=1024 dequant+cuBLAS ran at 0.74-0.77x fp16 cuBLAS's speed on the H100 benchmark shapes)"),
 )
 
 _notified = False

@@ -33,6 +33,16 @@ def _load_group(z_ptr, s_ptr, group, offs_n, mask_n, N):
 
 
 @triton.jit
+def tile_ids(M, BLOCK_M: tl.constexpr):
+    """(output tile, its M tile, its N tile, its K split) of this program, for `tiled_launch`'s grid. M tiles
+    vary fastest, so the programs that share one weight tile run together and hit L2."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    return pid, pid % tiles_m, pid // tiles_m, pid_k
+
+
+@triton.jit
 def _slab_dot(x_ptr, offs_m, mask_m, stride_xm, K, words, high, z, base_bits, b, i: tl.constexpr,
               offs_k, dot_dtype: tl.constexpr):
     """(BM, BN) float32 product of x's 16 columns of slab `i` with that slab's exact q - z."""
@@ -49,12 +59,7 @@ def gemm_kernel(
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
 ):
-    # M tiles vary fastest, so the programs that share one weight tile run together and hit L2.
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    pid_m = pid % tiles_m
-    pid_n = pid // tiles_m
+    pid, pid_m, pid_n, pid_k = tile_ids(M, BLOCK_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]  # (BM, 1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]  # (1, BN)
     offs_j = tl.arange(0, 16)[:, None]  # (16, 1): word j of a column

@@ -24,15 +24,13 @@ pure `tl` and runs under `TRITON_INTERPRET=1`.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from .configs import GemmConfig
-from .gemm import _interpreter_bf16, tiled_launch
-from .half2 import WEIGHT_SCALE, slab_pairs, zero_pairs
+from .gemm import _interpreter_bf16, _load_group, tile_ids, tiled_launch
+from .half2 import WEIGHT_SCALE, half2_runs, slab_pairs, zero_pairs
 from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
 from .prepare import PACK_K, PreparedWeight
 from .splitk import split_buffers, store_partial
@@ -42,9 +40,9 @@ PAIR_SCALE = tl.constexpr(WEIGHT_SCALE)  # `slab_pairs` gives (q - z) / 16
 
 
 @triton.jit
-def _slab_x(x_ptr, b, i: tl.constexpr, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K: tl.constexpr):
-    """(16, BM) x^T rows of slab i of block b."""
-    k = b * 128 + 16 * i + offs_k  # (16, 1)
+def _x_rows(x_ptr, k0, ROWS: tl.constexpr, offs_m, mask_m, K, stride_xm, EVEN_K: tl.constexpr):
+    """(ROWS, BM) x^T: K rows k0 .. k0 + ROWS - 1 of the BM activation rows (past K: 0)."""
+    k = k0 + tl.arange(0, ROWS)[:, None]  # (ROWS, 1)
     return tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m if EVEN_K else mask_m & (k < K), other=0.0)
 
 
@@ -55,14 +53,7 @@ def _slab_float(words, high, z, i: tl.constexpr, dot_dtype: tl.constexpr):
 
 
 @triton.jit
-def _block_x(x_ptr, b, offs_m, mask_m, K, stride_xm, EVEN_K: tl.constexpr):
-    """(128, BM) x^T rows of block b."""
-    k = b * 128 + tl.arange(0, 128)[:, None]  # (128, 1)
-    return tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m if EVEN_K else mask_m & (k < K), other=0.0)
-
-
-@triton.jit
-def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n, N, K, stride_xm,
+def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n, N, K, stride_xm,
                  GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr,
                  EVEN_K: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block, dequantised in float32 (`nibbles.py`), any group size:
@@ -72,24 +63,20 @@ def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mas
     SLABS: tl.constexpr = 8 // GROUPS
     high = high_word(words)
     if GROUPS == 1:
-        group = (b * 128) // GROUP
-        z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (BN, 1)
-        s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN, 1)
+        z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
         w = _join_slabs(_slab_float(words, high, z, 0, dot_dtype), _slab_float(words, high, z, 1, dot_dtype),
                         _slab_float(words, high, z, 2, dot_dtype), _slab_float(words, high, z, 3, dot_dtype),
                         _slab_float(words, high, z, 4, dot_dtype), _slab_float(words, high, z, 5, dot_dtype),
                         _slab_float(words, high, z, 6, dot_dtype), _slab_float(words, high, z, 7, dot_dtype),
                         BLOCK_N)  # (BN, 128)
-        xt = _block_x(x_ptr, b, offs_m, mask_m, K, stride_xm, EVEN_K).to(dot_dtype)  # (128, BM)
+        xt = _x_rows(x_ptr, b * 128, 128, offs_m, mask_m, K, stride_xm, EVEN_K).to(dot_dtype)  # (128, BM)
         acc += tl.dot(w, xt) * s
     else:
         for g in tl.static_range(GROUPS):
-            group = (b * 128 + 16 * SLABS * g) // GROUP
-            z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (BN, 1)
-            s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN, 1)
+            z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * SLABS * g) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
             part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
-                xt = _slab_x(x_ptr, b, i, offs_m, offs_k, mask_m, K, stride_xm, EVEN_K)  # (16, BM)
+                xt = _x_rows(x_ptr, b * 128 + 16 * i, 16, offs_m, mask_m, K, stride_xm, EVEN_K)  # (16, BM)
                 part = tl.dot(_slab_float(words, high, z, i, dot_dtype), xt.to(dot_dtype), part)
             acc += part * s
     return acc
@@ -113,14 +100,13 @@ def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mas
     """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
     (`half2.slab_pairs`) to (q - z) / 16, exact, and multiplied in one depth-128 `tl.dot`; the scale times
     16 multiplies the float32 sum."""
-    group = (b * 128) // GROUP
-    z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (BN, 1)
-    s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32) * PAIR_SCALE  # (BN, 1)
+    z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
+    s = s * PAIR_SCALE
     z64, z4 = zero_pairs(z)
     zeros = tl.zeros_like(words)  # the zero-point pairs, shaped like the words they are read with
     w0, w1, w2, w3, w4, w5, w6, w7 = slab_pairs(words, z64 + zeros, z4 + zeros)  # (BN, 16) each
     w = _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N)  # (BN, 128): K rows of the block in order
-    xt = _block_x(x_ptr, b, offs_m, mask_m, K, stride_xm, EVEN_K)  # (128, BM)
+    xt = _x_rows(x_ptr, b * 128, 128, offs_m, mask_m, K, stride_xm, EVEN_K)  # (128, BM)
     part = tl.dot(w, xt)  # one depth-128 product: its MMAs issue back to back, one wait a block
     return acc + part * s
 
@@ -133,16 +119,10 @@ def gemm_swapped_kernel(
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr, HALF2: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    # M tiles vary fastest, so the programs that share one weight tile run together and hit L2.
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    pid_m = pid % tiles_m
-    pid_n = pid // tiles_m
+    pid, pid_m, pid_n, pid_k = tile_ids(M, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]  # (BN, 1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]  # (1, BM)
     offs_j = tl.arange(0, 16)[None, :]  # (1, 16): word j of a column
-    offs_k = tl.arange(0, 16)[:, None]  # (16, 1): a slab's rows of x^T
     mask_m = offs_m < M
     mask_n = (offs_n < N) | EVEN_N  # EVEN_N: N is a multiple of BLOCK_N, no column is out of range
     dot_dtype: tl.constexpr = tl.float32 if DOT_F32 else x_ptr.dtype.element_ty
@@ -157,8 +137,8 @@ def gemm_swapped_kernel(
             acc = _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
                                N, K, stride_xm, GROUP, BLOCK_N, EVEN_K)
         else:
-            acc = _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, offs_k, mask_m, mask_n,
-                                N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, dot_dtype, EVEN_K)
+            acc = _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
+                               N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, dot_dtype, EVEN_K)
 
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (BN, 1)
@@ -171,10 +151,8 @@ def gemm_swapped_kernel(
 
 
 def use_half2(weight: PreparedWeight, x: torch.Tensor) -> bool:
-    """Whether the slabs are dequantised in fp16 pairs (`half2.slab_pairs`): fp16, groups of whole 128-row
-    blocks, a GPU, and not Triton's interpreter (which cannot run inline PTX)."""
-    return (weight.dtype == torch.float16 and weight.group_size % PACK_K == 0 and x.is_cuda
-            and os.environ.get("TRITON_INTERPRET") != "1")
+    """Whether the slabs are dequantised in fp16 pairs (`half2.slab_pairs`): wherever they can run."""
+    return half2_runs(weight, x)
 
 
 def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemmConfig,
@@ -191,7 +169,7 @@ def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | N
         m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k,
         GROUP=weight.group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         HAS_BIAS=bias is not None, SPLIT=split_k > 1, DOT_F32=_interpreter_bf16(x),
-        HALF2=use_half2(weight, x) if half2 is None else half2 and use_half2(weight, x),
+        HALF2=half2 is not False and use_half2(weight, x),
         EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

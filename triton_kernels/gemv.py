@@ -29,8 +29,6 @@ measured and gained nothing worth their code.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -250,10 +248,8 @@ def _store(acc, y_ptr, bias_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, n0, M,
 
 
 def use_half2(config: GemvConfig, weight: PreparedWeight, x: torch.Tensor) -> bool:
-    """Whether the packed-fp16 products (`half2.py`) run: asked for by the config, and possible (fp16
-    weight and activations, groups of whole 128-row blocks, a GPU, and not Triton's interpreter)."""
-    return (config.half2 and weight.dtype == torch.float16 and x.dtype == torch.float16
-            and weight.group_size % PACK_K == 0 and x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1")
+    """Whether the packed-fp16 products (`half2.py`) run: asked for by the config, and possible there."""
+    return config.half2 and half2.half2_runs(weight, x)
 
 
 def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemvConfig) -> torch.Tensor:

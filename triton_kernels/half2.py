@@ -26,10 +26,20 @@ interpreter, bf16 weights and groups that do not cover whole 128-row blocks take
 """
 from __future__ import annotations
 
+import os
+
+import torch
 import triton
 import triton.language as tl
 
 WEIGHT_SCALE = 16.0  # the pairs hold (q - z) / 16: the group's scale is multiplied by this in float32
+
+
+def half2_runs(weight, x: torch.Tensor) -> bool:
+    """Whether the packed-fp16 arithmetic can run for this prepared weight and x: fp16 weight and
+    activations, groups of whole 128-row blocks, a GPU, and not Triton's interpreter (no inline PTX)."""
+    return (weight.dtype == torch.float16 and x.dtype == torch.float16 and weight.group_size % 128 == 0
+            and x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1")
 
 
 @triton.jit
