@@ -19,6 +19,9 @@ rotary embedding, residual adds) that remain separate kernels in the eager graph
 linears stay single custom-op calls (`triton_kernels.ops`); they read the repacked weights that the
 eager prefill built. A compile failure falls back to the eager forward and says why.
 
+`enable_fast_decode` also switches a model on SDPA attention to `awq_core.attention`, whose kernel
+reads only the filled slots of the static cache and splits them over many programs.
+
 Only caches whose layers are all plain `StaticLayer`s are graphed: sliding-window static layers keep
 their position in a Python integer, which a replay would not advance. Anything else (another cache,
 a CPU model) runs eagerly through the same buffers.
@@ -31,6 +34,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 from transformers.cache_utils import Cache, StaticLayer
+
+from .attention import use_decode_attention
 
 
 def _tensor_leaves(value: Any, prefix: str) -> list[tuple[str, torch.Tensor]] | None:
@@ -192,10 +197,14 @@ class GraphedDecodeStep:
 
 
 def enable_fast_decode(
-    model: nn.Module, use_graphs: bool = True, compile: bool = False, compile_backend: str | Callable = "inductor"
+    model: nn.Module, use_graphs: bool = True, compile: bool = False, compile_backend: str | Callable = "inductor",
+    attention: bool = True,
 ) -> GraphedDecodeStep:
     """Make `model.generate()` decode with a static KV cache and, on CUDA, CUDA-graph replay; with
-    `compile`, of the torch.compile'd forward."""
+    `compile`, of the torch.compile'd forward; with `attention`, one-token steps attend through the
+    split-slot decode kernel (`awq_core.attention`, for models on SDPA)."""
+    if attention:
+        use_decode_attention(model)
     step = GraphedDecodeStep(model, use_graphs, compile, compile_backend)
     model.generation_config.cache_implementation = "static"
     # transformers calls get_compiled_call for decode steps when the cache is static and the model is on a

@@ -275,7 +275,9 @@ class AutoQuantForCausalLM:
         fast_decode: `generate()` uses a static KV cache and, on CUDA, replays each decode step as a
             CUDA graph. True or "compile": the graph holds the torch.compile'd step (Inductor fuses
             the small per-layer ops; the first decode of each batch size compiles, about half a minute
-            for a 7B model); "graphs": the eager step. False: transformers' default decoding.
+            for a 7B model); "graphs": the eager step. False: transformers' default decoding. With
+            "sdpa" attention, one-token decode steps then attend through our split-slot kernel
+            (`awq_core.attention`; the model's attn_implementation reads "awqflow_decode").
         attn_implementation: transformers' attention backend ("sdpa", "eager", ...).
         """
         from awq_core.checkpoint import load_quantized

@@ -11,7 +11,8 @@ is also timed unfused at batch 1, as transformers runs it.
 The harness, for each batch size: prefill a random prompt into a static KV cache (time to first
 token), then decode greedily, one token per step, each step replayed as a CUDA graph
 (`awq_core.decode.GraphedDecodeStep`; eager if capture fails, and the table says which). With
-`--compile` the captured step is the torch.compile'd forward, for every model. Each row is
+`--compile` the captured step is the torch.compile'd forward, for every model. Every model's one-token
+steps attend through `awq_core.attention`'s split-slot kernel (`--attention sdpa`: transformers' SDPA). Each row is
 timed after a short warm-up run on the same cache (Triton compiles, the graph is captured). Peak
 memory is `torch.cuda.max_memory_allocated` over the row's warm-up and timed runs: weights (for W4
 also the kernels' repacked copy), KV cache, graph pool and prefill activations.
@@ -39,6 +40,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, StaticCache  # noqa: E40
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernels as kb  # noqa: E402  (benchmarks/kernels.py: the copy-bandwidth probe, the result writer)
 
+from awq_core.attention import ATTENTION, use_decode_attention  # noqa: E402
 from awq_core.checkpoint import replace_linears  # noqa: E402
 from awq_core.decode import GraphedDecodeStep, enable_fast_decode  # noqa: E402
 from awq_core.fused_linear import fuse_linears  # noqa: E402
@@ -252,7 +254,7 @@ def generate_check(model: nn.Module, prompt: int, new_tokens: int, compile: bool
 
     _, dynamic_rate = timed()
     cache_implementation = model.generation_config.cache_implementation
-    step = enable_fast_decode(model, compile=compile)
+    step = enable_fast_decode(model, compile=compile, attention=model.config._attn_implementation == ATTENTION)
     try:
         _, static_rate = timed(disable_compile=True)  # static cache, decode steps not handed to our step
         _, fast_rate = timed()
@@ -288,6 +290,10 @@ def main() -> None:
     parser.add_argument("--no-graphs", action="store_true", help="decode eagerly (no CUDA graphs)")
     parser.add_argument("--compile", action="store_true",
                         help="decode steps run the torch.compile'd forward (inside the CUDA graph) for every model")
+    parser.add_argument("--attention", choices=("kernel", "sdpa"), default="kernel",
+                        help="kernel: one-token steps attend through awq_core.attention's split-slot kernel (every "
+                             "model); sdpa: transformers' SDPA throughout")
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--out", type=Path, help="also write the result file here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -301,13 +307,13 @@ def main() -> None:
     print(f"{gpu}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
     name = configs.gpu_tag(gpu)
     results = Path(__file__).resolve().parent / "results" if device.type == "cuda" else Path(tempfile.mkdtemp())
-    path = results / f"decode_{name}{'_compile' if args.compile else ''}.json"
+    path = results / f"decode_{name}{'_compile' if args.compile else ''}{'_' + args.tag if args.tag else ''}.json"
     import transformers
     import triton
 
     result = dict(gpu=gpu, command="python " + " ".join(sys.argv), torch=torch.__version__,
                   transformers=transformers.__version__, triton=triton.__version__,
-                  shape=SHAPES[args.shape], group_size=GROUP_SIZE, copy_bandwidth_bytes_per_s=bandwidth,
+                  shape=SHAPES[args.shape], group_size=GROUP_SIZE, attention=args.attention, copy_bandwidth_bytes_per_s=bandwidth,
                   rows=[], checks={})  # fmt: skip
 
     def record(row: Row) -> None:
@@ -318,6 +324,8 @@ def main() -> None:
     print(f"{'model':<17}{'kernel':<7}{'batch':>6}{'TTFT ms':>10}{'ms/step':>10}{'tokens/s':>11}{'peak GiB':>9}"
           f"{'graph':>8}{'floor ms':>9}{'floor %':>8}{'warm s':>8}", flush=True)  # fmt: skip
     model = build_model(args.shape, device)
+    if args.attention == "kernel":
+        assert use_decode_attention(model), "the model did not take the decode attention"
     record(measure(model, "fp16-unfused", "cublas", 1, args, bandwidth, use_graphs)[0])
     fuse_linears(model)
 

@@ -26,6 +26,7 @@ from transformers import LlamaConfig  # noqa: E402, F401
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decode as db  # noqa: E402  (benchmarks/decode.py: model, quantization and harness)
 
+from awq_core.attention import use_decode_attention  # noqa: E402
 from awq_core.fused_linear import fuse_linears  # noqa: E402
 from triton_kernels import configs  # noqa: E402
 
@@ -83,6 +84,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--attention", choices=("kernel", "sdpa"), default="kernel",
+                        help="one-token attention: awq_core.attention's kernel, or transformers' SDPA")
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--out", type=Path, help="also write the result file here")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this profile needs a CUDA GPU"
@@ -90,6 +94,8 @@ def main() -> None:
     device = torch.device("cuda")
     gpu = torch.cuda.get_device_name(device)
     model = db.build_model("7b", device)
+    if args.attention == "kernel":
+        assert use_decode_attention(model), "the model did not take the decode attention"
     fuse_linears(model)
     t0 = time.time()
     results = [profile_step(model, "fp16", args.steps, args.prompt)]
@@ -101,8 +107,8 @@ def main() -> None:
               f"{result['launches_per_step']:.0f} launches; by kind: "
               + ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["kernels_by_kind_us_per_step"].items(),
                                                               key=lambda kv: -kv[1])), flush=True)
-    path = Path(__file__).resolve().parent / "results" / f"decode_profile_{configs.gpu_tag(gpu)}.json"
-    data = dict(command="python " + " ".join(sys.argv), gpu=gpu, torch=torch.__version__, seconds=time.time() - t0,
+    path = Path(__file__).resolve().parent / "results" / f"decode_profile_{configs.gpu_tag(gpu)}{'_' + args.tag if args.tag else ''}.json"
+    data = dict(command="python " + " ".join(sys.argv), gpu=gpu, attention=args.attention, torch=torch.__version__, seconds=time.time() - t0,
                 results=results)
     db.kb.write_result(path, data, args.out)
     print("wrote", path)

@@ -1,12 +1,13 @@
-"""Fused dequantize-matmul Triton kernels and their dispatch. Knows nothing about models."""
+"""Fused dequantize-matmul Triton kernels and their dispatch, and decode attention. Knows nothing about models."""
 from .dispatch import DISPATCH_TABLE, KernelChoice, select_kernel
-from .ops import w4a16_linear
+from .ops import decode_attention, w4a16_linear
 from .prepare import PreparedWeight, dequantize_prepared, prepare
 
 __all__ = [
     "DISPATCH_TABLE",
     "KernelChoice",
     "PreparedWeight",
+    "decode_attention",
     "dequantize_prepared",
     "prepare",
     "select_kernel",

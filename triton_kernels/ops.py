@@ -1,4 +1,5 @@
-"""`w4a16_linear`: the public entry, registered as the torch custom op `awqflow::w4a16_linear`.
+"""The public entries, each registered as a torch custom op: `w4a16_linear` (`awqflow::w4a16_linear`)
+and `decode_attention` (`awqflow::decode_attention`).
 
 Being a custom op with a fake (meta) implementation, it traces under `torch.compile` without graph
 breaks and replays inside CUDA graphs. The kernel choice ("auto": `dispatch.select_kernel`) is made
@@ -14,6 +15,7 @@ import os
 import torch
 
 from . import configs
+from .decode_attention import decode_attention as _decode_attention
 from .dequant import dequant_matmul
 from .dispatch import KernelChoice, select_kernel
 from .gemm import gemm
@@ -113,3 +115,31 @@ def w4a16_linear(
         AUTO if kernel is None else kernel.value,
     )
     return y.reshape(*lead, weight.out_features)
+
+
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; under Triton's CPU interpreter a small pretend GPU."""
+    if device.type == "cuda":
+        return _device_info(device.index if device.index is not None else torch.cuda.current_device())[2]
+    assert os.environ.get("TRITON_INTERPRET") == "1", f"decode attention on {device} needs TRITON_INTERPRET=1"
+    return 4
+
+
+@torch.library.custom_op("awqflow::decode_attention", mutates_args=())
+def _decode_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    return _decode_attention(q, k, v, mask, scale, sms=_sm_count(q.device))
+
+
+@_decode_attention_op.register_fake
+def _(q, k, v, mask, scale):
+    return q.new_empty((q.shape[0], 1, q.shape[1], q.shape[3]))
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """One query token per sequence: q (B, H, 1, D), k and v (B, H_kv, S, D), mask None or bool
+    (B or 1, 1, 1, S) -> (B, 1, H, D). See `decode_attention.py`."""
+    return torch.ops.awqflow.decode_attention(q, k, v, mask, scale)

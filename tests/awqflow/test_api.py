@@ -84,7 +84,7 @@ def test_autoawq_workflow_on_a_tiny_model(tmp_path, monkeypatch):
     assert all(m.kernel is KernelMode.TORCH for m in loaded.modules() if isinstance(m, WQLinear))
     assert loaded.generation_config.cache_implementation == "static"
     assert loaded.fast_decode_step.compiled, "fast_decode=True decodes with the compiled step"
-    assert loaded.config._attn_implementation == "sdpa"
+    assert loaded.config._attn_implementation == "awqflow_decode", "fast decode: one-token steps use our attention"
 
     x = tokenizer("numbers and words", return_tensors="pt")
     with torch.no_grad():

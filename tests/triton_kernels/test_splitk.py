@@ -28,12 +28,13 @@ RUNS = {
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kernel", ["gemv", "gemm"])
-def test_split_k_matches_the_reference_and_leaves_the_counters_at_zero(kernel, dtype):
-    layer, w = _layer(512, 128, dtype=dtype)
-    x = torch.randn((3, 512), generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
+@pytest.mark.parametrize("split", [4, 7])  # one round of MERGE_UNROLL loads; two, the second partial
+def test_split_k_matches_the_reference_and_leaves_the_counters_at_zero(kernel, dtype, split):
+    layer, w = _layer(896, 128, dtype=dtype)  # 7 blocks of 128 rows
+    x = torch.randn((3, 896), generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
     counters = arrival_counters(x.device)
     for _ in range(2):  # the second launch relies on the first having reset its counters
-        y = RUNS[kernel](x, w, 4)
+        y = RUNS[kernel](x, w, split)
         assert y.dtype == dtype
         error = relative_error(y, reference_matmul(x, layer, None))
         assert error < RTOL, f"relative error {error:.2e}"
