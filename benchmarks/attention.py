@@ -62,9 +62,13 @@ def ours(q, layer):
     return triton_kernels.decode_attention(q, k, v, mask, HEAD_DIM**-0.5)
 
 
+def sm_count() -> int:
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
 def ours_with(programs_per_sm: int):
     """The kernel with another split target (`decode_attention.PROGRAMS_PER_SM`), for the sweep."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sms = sm_count()
 
     def run(q, layer):
         k, v, mask = layer
@@ -99,9 +103,7 @@ def run_case(name, batch, heads, kv_heads, slots, filled, bandwidth, sweep=()) -
     row["sdpa_us"] = kb.time_ring(sdpa, ring, q)
     for programs in sweep:
         row[f"ours_split_{programs}_per_sm_us"] = kb.time_ring(ours_with(programs), ring, q)
-        row[f"ours_split_{programs}_per_sm_chunks"] = split_count(batch, kv_heads, slots,
-                                                                  torch.cuda.get_device_properties(0).multi_processor_count,
-                                                                  programs)  # fmt: skip
+        row[f"ours_split_{programs}_per_sm_chunks"] = split_count(batch, kv_heads, slots, sm_count(), programs)
     try:
         row["sdpa_efficient_us"] = kb.time_ring(lambda x, layer: sdpa(x, layer, SDPBackend.EFFICIENT_ATTENTION), ring, q)
     except RuntimeError as e:  # the backend refused these inputs

@@ -38,15 +38,31 @@ PROGRAMS_PER_SM = 2
 
 
 @triton.jit
+def _state_ptrs(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Where chunk c of `tile` keeps its state: running max (BG,), running sum (BG,), output (BG, BD)."""
+    stats = stats_ptr + (tile * split + c) * 2 * BLOCK_G + offs_g
+    acc = ws_ptr + ((tile * split + c) * BLOCK_G + offs_g[:, None]) * BLOCK_D + offs_d[None, :]
+    return stats, stats + BLOCK_G, acc
+
+
+@triton.jit
+def _chunk_max(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Chunk c's running max (BG,); -inf past `split`. Read with .cg: from L2, where the other programs
+    wrote it."""
+    present = offs_g * 0 + c < split  # the chunk test as a tensor (see splitk.py)
+    m_ptrs, _, _ = _state_ptrs(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G, BLOCK_D)
+    return tl.load(m_ptrs, mask=present, other=float("-inf"), cache_modifier=".cg")
+
+
+@triton.jit
 def _chunk_state(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
     """Chunk c's (running max (BG,), running sum (BG,), unnormalised output (BG, BD)); past `split`, a
-    chunk with no slot (-inf, 0, 0). Read with .cg: from L2, where the other programs wrote them."""
-    present = offs_g * 0 + c < split  # the chunk test as a tensor (see splitk.py)
-    base = (tile * split + c) * 2 * BLOCK_G
-    m = tl.load(stats_ptr + base + offs_g, mask=present, other=float("-inf"), cache_modifier=".cg")
-    l = tl.load(stats_ptr + base + BLOCK_G + offs_g, mask=present, other=0.0, cache_modifier=".cg")
-    acc = tl.load(ws_ptr + ((tile * split + c) * BLOCK_G + offs_g[:, None]) * BLOCK_D + offs_d[None, :],
-                  mask=present[:, None], other=0.0, cache_modifier=".cg")
+    chunk with no slot (-inf, 0, 0)."""
+    present = offs_g * 0 + c < split
+    _, l_ptrs, acc_ptrs = _state_ptrs(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G, BLOCK_D)
+    m = _chunk_max(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G, BLOCK_D)
+    l = tl.load(l_ptrs, mask=present, other=0.0, cache_modifier=".cg")
+    acc = tl.load(acc_ptrs, mask=present[:, None], other=0.0, cache_modifier=".cg")
     return m, l, acc
 
 
@@ -57,11 +73,11 @@ def _merge_chunks(ws_ptr, stats_ptr, o_rows, tile, split, offs_g, offs_d, out_ma
     states are read MERGE_UNROLL chunks at a time, all loads before any use (one L2 round trip each)."""
     m = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     for c0 in range(0, split, MERGE_UNROLL):  # the overall max, for a common exponent
-        states = ()
+        maxima = ()
         for d in tl.static_range(MERGE_UNROLL):
-            states = states + (_chunk_state(ws_ptr, stats_ptr, tile, split, c0 + d, offs_g, offs_d, BLOCK_G, BLOCK_D),)
+            maxima = maxima + (_chunk_max(ws_ptr, stats_ptr, tile, split, c0 + d, offs_g, offs_d, BLOCK_G, BLOCK_D),)
         for d in tl.static_range(MERGE_UNROLL):
-            m = tl.maximum(m, states[d][0])
+            m = tl.maximum(m, maxima[d])
     m_use = tl.where(m == float("-inf"), 0.0, m)  # (BG,) no slot anywhere: every weight below is 0
     total = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
     denom = tl.zeros((BLOCK_G,), dtype=tl.float32)
@@ -134,10 +150,10 @@ def decode_attention_kernel(
 
     o_rows = o_ptr + b * stride_ob + (h * GROUP + offs_g)[:, None] * stride_oh + offs_d[None, :]
     if SPLIT:
-        base = (tile * split + chunk) * 2 * BLOCK_G
-        tl.store(stats_ptr + base + offs_g, m_i)
-        tl.store(stats_ptr + base + BLOCK_G + offs_g, l_i)
-        tl.store(ws_ptr + ((tile * split + chunk) * BLOCK_G + offs_g[:, None]) * BLOCK_D + offs_d[None, :], acc)
+        m_ptrs, l_ptrs, acc_ptrs = _state_ptrs(ws_ptr, stats_ptr, tile, split, chunk, offs_g, offs_d, BLOCK_G, BLOCK_D)
+        tl.store(m_ptrs, m_i)
+        tl.store(l_ptrs, l_i)
+        tl.store(acc_ptrs, acc)
         tl.debug_barrier()  # every thread's state is written before the counter says so
         arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")  # release ours, acquire the others'
         if arrived == split - 1:

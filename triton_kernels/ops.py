@@ -30,18 +30,33 @@ def _device_info(index: int) -> tuple[str, tuple[int, int], int]:
     return props.name, (props.major, props.minor), props.multi_processor_count
 
 
+def _cuda_info(device: torch.device) -> tuple[str, tuple[int, int], int]:
+    """(name, compute capability, multiprocessors) of a CUDA device; no index: the current one."""
+    return _device_info(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def device_capability(device: torch.device) -> tuple[int, int] | None:
     """Compute capability of a CUDA device, None for anything else."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    return _device_info(device.index if device.index is not None else torch.cuda.current_device())[1]
+    return _cuda_info(device)[1]
 
 
 def device_name(device: torch.device) -> str | None:
     """Name of a CUDA device (the key of its tuned configs), None for anything else."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    return _device_info(device.index if device.index is not None else torch.cuda.current_device())[0]
+    return _cuda_info(device)[0]
+
+
+def _kernel_target(device: torch.device, what: str) -> tuple[str | None, int]:
+    """(GPU name for the tuned configs, multiprocessors) where a kernel runs; under Triton's CPU
+    interpreter no name (default configs) and a small pretend GPU."""
+    if device.type == "cuda":
+        name, _, sms = _cuda_info(device)
+        return name, sms
+    assert os.environ.get("TRITON_INTERPRET") == "1", f"{what} on {device} needs TRITON_INTERPRET=1"
+    return None, 4
 
 
 AUTO = "auto"  # the op's `kernel` argument that lets `select_kernel` decide
@@ -54,11 +69,7 @@ def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, ker
         w = dequantize_prepared(weight)  # (K, N)
         y = x @ w
         return y + bias if bias is not None else y
-    if x.is_cuda:
-        name, _, sms = _device_info(x.device.index if x.device.index is not None else torch.cuda.current_device())
-    else:
-        assert os.environ.get("TRITON_INTERPRET") == "1", f"kernel {kernel.value} on {x.device} needs TRITON_INTERPRET=1"
-        name, sms = None, 4  # Triton's CPU interpreter: default configs, a small pretend GPU
+    name, sms = _kernel_target(x.device, f"kernel {kernel.value}")
     if kernel is KernelChoice.DEQUANT_CUBLAS:
         return dequant_matmul(x, weight, bias)
     if kernel is KernelChoice.GEMV:
@@ -117,19 +128,11 @@ def w4a16_linear(
     return y.reshape(*lead, weight.out_features)
 
 
-def _sm_count(device: torch.device) -> int:
-    """Multiprocessors of a CUDA device; under Triton's CPU interpreter a small pretend GPU."""
-    if device.type == "cuda":
-        return _device_info(device.index if device.index is not None else torch.cuda.current_device())[2]
-    assert os.environ.get("TRITON_INTERPRET") == "1", f"decode attention on {device} needs TRITON_INTERPRET=1"
-    return 4
-
-
 @torch.library.custom_op("awqflow::decode_attention", mutates_args=())
 def _decode_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    return _decode_attention(q, k, v, mask, scale, sms=_sm_count(q.device))
+    return _decode_attention(q, k, v, mask, scale, sms=_kernel_target(q.device, "decode attention")[1])
 
 
 @_decode_attention_op.register_fake
