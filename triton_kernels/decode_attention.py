@@ -23,7 +23,6 @@ import triton
 import triton.language as tl
 
 from .gemm import _interpreter_bf16
-from .pdl import gdc_launch_dependents
 from .splitk import MAX_TILES, MERGE_UNROLL, arrival_counters
 
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2 e): the scores are scaled once, exp2 is one instruction
@@ -103,10 +102,7 @@ def decode_attention_kernel(
     stride_mb, stride_ms, stride_ob, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr, HAS_MASK: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
-    RELEASE: tl.constexpr,
 ):
-    if RELEASE:  # the next kernel, if a programmatic dependent (the output projection's GEMV), may start now
-        gdc_launch_dependents()
     tile = tl.program_id(0)  # (sequence, kv head)
     chunk = tl.program_id(1)
     b = tile // kv_heads
@@ -179,14 +175,13 @@ def split_count(batch: int, kv_heads: int, slots: int, sms: int, programs_per_sm
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                      scale: float | None = None, sms: int = 132, num_warps: int = 4,
-                     programs_per_sm: int = PROGRAMS_PER_SM, release: bool = False) -> torch.Tensor:
+                     programs_per_sm: int = PROGRAMS_PER_SM) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v for one query token per sequence.
 
     q (batch, heads, 1, head_dim); k, v (batch, kv_heads, slots, head_dim), heads a multiple of kv_heads
     (query head i reads kv head i // (heads / kv_heads)); mask None (every slot) or bool, broadcastable
     to (batch, 1, 1, slots), True where a slot may be attended. Returns (batch, 1, heads, head_dim), the
-    layout transformers' attention functions return. `release`: let a programmatic dependent launched
-    next start at once (`pdl.py`; a GPU of sm_90 or later).
+    layout transformers' attention functions return.
     """
     batch, heads, q_len, head_dim = q.shape
     kv_heads, slots = k.shape[1], k.shape[2]
@@ -225,7 +220,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         mask.stride(0) if mask is not None else 0, mask.stride(3) if mask is not None else 0,
         out.stride(0), out.stride(2),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_G=block_g, BLOCK_D=block_d, BLOCK_S=BLOCK_S,
-        HAS_MASK=mask is not None, SPLIT=split > 1, DOT_F32=_interpreter_bf16(q), RELEASE=release,
-        num_warps=num_warps,
+        HAS_MASK=mask is not None, SPLIT=split > 1, DOT_F32=_interpreter_bf16(q), num_warps=num_warps,
     )
     return out

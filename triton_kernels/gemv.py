@@ -34,7 +34,6 @@ import triton
 import triton.language as tl
 
 from . import half2
-from .pdl import gdc_launch_dependents, gdc_wait, launch_options, prefetch_l2
 from .configs import GemvConfig
 from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
 from .prepare import PACK_K, SLAB_K, PreparedWeight
@@ -91,24 +90,6 @@ def _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP
     for d in tl.static_range(STEP):
         fetched = fetched + (_fetch(qw_ptr, z_ptr, s_ptr, b + d, b_end, N, offs_n, mask_n, offs_j, GROUP, MASKED),)
     return fetched
-
-
-@triton.jit
-def _prefetch_slice(qw_ptr, s_ptr, b_start, b_end, N, n0, GROUP: tl.constexpr, BLOCK_N: tl.constexpr,
-                    HINT_BLOCKS: tl.constexpr):
-    """Ask L2 for this program's words and scales (blocks b_start .. b_end - 1, columns n0 .. n0 + BLOCK_N):
-    the prologue of a programmatic dependent launch (`pdl.py`). Columns past N stand for the last one."""
-    CHUNK: tl.constexpr = 4  # blocks per round of hints: (4, BLOCK_N / 2) lines, about one a thread
-    WORD_LINES: tl.constexpr = BLOCK_N // 2  # a column's 16 words of a block are 64 bytes
-    SCALE_LINES: tl.constexpr = max(BLOCK_N // 64, 1)  # 64 fp16 scales a line
-    word_cols = tl.minimum(n0 + 2 * tl.arange(0, WORD_LINES), N - 1)[None, :]  # (1, WORD_LINES)
-    scale_cols = tl.minimum(n0 + 64 * tl.arange(0, SCALE_LINES), N - 1)[None, :]  # (1, SCALE_LINES)
-    if HINT_BLOCKS > 0:
-        b_end = tl.minimum(b_end, b_start + HINT_BLOCKS)
-    for b in range(b_start, b_end, CHUNK):
-        blocks = tl.minimum(b + tl.arange(0, CHUNK), b_end - 1)[:, None]  # (CHUNK, 1): past the end, the last again
-        prefetch_l2(qw_ptr + (blocks * N + word_cols) * 16)  # (CHUNK, WORD_LINES)
-        prefetch_l2(s_ptr + ((blocks * 128) // GROUP) * N + scale_cols)  # (CHUNK, SCALE_LINES): first group
 
 
 @triton.jit
@@ -192,7 +173,6 @@ def gemv_kernel(
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUBTILES: tl.constexpr,
     STEP: tl.constexpr, PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr,
-    PDL: tl.constexpr, HINT_BLOCKS: tl.constexpr, RELEASE_AT: tl.constexpr,
 ):
     # SUBTILES = 2 splits the BLOCK_N columns into two tiles that share every activation load and
     # conversion: each thread then holds 4 columns instead of 2 (written out as two tiles because one
@@ -202,8 +182,6 @@ def gemv_kernel(
     # PREFETCH issues the next step's loads before this step's arithmetic.
     # LOOP_STAGES > 0 hands the block loop to Triton's software pipeliner (`tl.range(num_stages=)`),
     # which copies the loads of later blocks into shared memory asynchronously (cp.async) ahead of use.
-    # PDL: launched as a programmatic dependent (`pdl.py`): let the next kernel start, hint our slice
-    # of the weights into L2 while the previous kernel finishes, then wait for its results.
     tl.static_assert(SUBTILES == 1 or SUBTILES == 2, "SUBTILES must be 1 or 2")
     SUB: tl.constexpr = BLOCK_N // SUBTILES
     pid_n = tl.program_id(0)
@@ -218,12 +196,6 @@ def gemv_kernel(
     n_blocks = tl.cdiv(K, 128)
     b_start = pid_k * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, n_blocks)
-    if PDL and RELEASE_AT == 0:
-        gdc_launch_dependents()
-    if PDL:
-        if HINT_BLOCKS >= 0:
-            _prefetch_slice(qw_ptr, s_ptr, b_start, b_end, N, pid_n * BLOCK_N, GROUP, BLOCK_N, HINT_BLOCKS)
-        gdc_wait()  # from here on x, y and the split-K buffers, which the previous kernel may touch
 
     acc0 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, SUB, 4, 4), dtype=tl.float32)
@@ -251,8 +223,6 @@ def gemv_kernel(
                 x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
                 base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS, HALF2)
 
-    if PDL and RELEASE_AT == 1:
-        gdc_launch_dependents()
     _store(acc0, y_ptr, bias_ptr, ws_ptr, count_ptr, SUBTILES * pid_n, pid_k, split_k, pid_n * BLOCK_N, M, N,
            stride_ym, BLOCK_M, SUB, HAS_BIAS, SPLIT)
     if SUBTILES == 2:
@@ -282,11 +252,9 @@ def use_half2(config: GemvConfig, weight: PreparedWeight, x: torch.Tensor) -> bo
     return config.half2 and half2.half2_runs(weight, x)
 
 
-def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemvConfig,
-         pdl: bool = False) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemvConfig) -> torch.Tensor:
     """x (M, K) -> (M, N) in the weight's dtype, with M <= config.max_m. x may also be float32; the kernel
-    then converts nothing (it multiplies in float32), which measured no faster on the H100 (benchmarks/README.md).
-    `pdl`: launch as a programmatic dependent (`pdl.py`; a GPU of sm_90 or later)."""
+    then converts nothing (it multiplies in float32), which measured no faster on the H100 (benchmarks/README.md)."""
     m, k = x.shape
     n = weight.out_features
     assert k == weight.in_features, f"x has K={k}, weight expects {weight.in_features}"
@@ -309,10 +277,8 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
         GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n, SUBTILES=config.subtiles, STEP=step,
         PREFETCH=config.prefetch, LOOP_STAGES=config.loop_stages,
         HAS_BIAS=bias is not None, SPLIT=split_k > 1, EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
-        EVEN_STEPS=step == 1 or n_blocks % blocks_per_split == 0, HALF2=use_half2(config, weight, x), PDL=pdl,
-        HINT_BLOCKS=int(__import__("os").environ.get("AWQFLOW_PDL_HINT", "0")),
-        RELEASE_AT=int(__import__("os").environ.get("AWQFLOW_PDL_RELEASE", "0")),
-        num_warps=config.num_warps, num_stages=config.num_stages, **launch_options(pdl),
+        EVEN_STEPS=step == 1 or n_blocks % blocks_per_split == 0, HALF2=use_half2(config, weight, x),
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return y
 

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from . import configs, pdl
+from . import configs
 from .decode_attention import decode_attention as _decode_attention
 from .dequant import dequant_matmul
 from .dispatch import KernelChoice, select_kernel
@@ -73,8 +73,7 @@ def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, ker
     if kernel is KernelChoice.DEQUANT_CUBLAS:
         return dequant_matmul(x, weight, bias)
     if kernel is KernelChoice.GEMV:
-        return gemv(x, weight, bias, configs.gemv_config(name, n, k, m, sms),
-                    pdl=pdl.enabled(x.device, device_capability(x.device)))
+        return gemv(x, weight, bias, configs.gemv_config(name, n, k, m, sms))
     if kernel is KernelChoice.GEMM_SWAPPED:
         return gemm_swapped(x, weight, bias, configs.gemm_swapped_config(name, n, k, m, sms))
     assert kernel is KernelChoice.GEMM, f"unknown kernel {kernel}"
@@ -133,8 +132,7 @@ def w4a16_linear(
 def _decode_attention_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    return _decode_attention(q, k, v, mask, scale, sms=_kernel_target(q.device, "decode attention")[1],
-                             release=pdl.enabled(q.device, device_capability(q.device)))
+    return _decode_attention(q, k, v, mask, scale, sms=_kernel_target(q.device, "decode attention")[1])
 
 
 @_decode_attention_op.register_fake

@@ -131,5 +131,3 @@ def test_decode_attention_at_model_sizes_on_cuda(batch, heads, kv_heads, slots):
     assert relative_error(out, reference(q, k, v, mask, 128**-0.5)) < 2e-3
     again = triton_kernels.decode_attention(q, k, v, mask, 128**-0.5)
     assert torch.equal(out, again), "chunks merge in a fixed order: the same bits every run"
-    released = decode_attention(q, k, v, mask, 128**-0.5, release=True)  # lets a PDL launch behind it start
-    assert torch.equal(out, released)

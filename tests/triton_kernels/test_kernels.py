@@ -145,32 +145,3 @@ def test_split_k_partial_sums_all_land():
     x_tail[:, :384] = 0  # only the last split's rows remain
     y_tail = gemv(x_tail, w, None, GemvConfig(block_n=32, split_k=4, num_warps=4, num_stages=1, max_m=1))
     _check(y_tail, layer, x_tail, None, 1, 32)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0),
-                    reason="programmatic dependent launch needs an sm_90+ GPU")
-@pytest.mark.parametrize("n,k,block_n,split_k,prefetch", [(4096, 4096, 64, 8, True), (1000, 1408, 128, 3, False),
-                                                           (22016, 4096, 128, 2, True)])
-def test_gemv_as_programmatic_dependent_gives_the_same_bits(n, k, block_n, split_k, prefetch):
-    """Launched as a programmatic dependent (L2 hints, then the wait) right behind a GEMV that writes its
-    input, in a CUDA graph: the same output bits as a plain launch. N = 1000 leaves the last tile ragged
-    (its hints stand on the last column) and K = 1408 gives splits of 4, 4 and 3 blocks."""
-    layer, x, _ = _inputs(1, k, n, 128, torch.float16, seed=n)
-    first_layer, x0, _ = _inputs(1, k, k, 128, torch.float16, seed=n + 1)
-    w, w0 = (prepare(l.qweight, l.qzeros, l.scales, l.group_size) for l in (layer, first_layer))
-    cfg = GemvConfig(block_n=block_n, split_k=split_k, num_warps=4, max_m=1, prefetch=prefetch,
-                     half2=True)
-    cfg0 = GemvConfig(block_n=64, split_k=4, num_warps=4, max_m=1)
-    plain = gemv(gemv(x0, w0, None, cfg0), w, None, cfg)
-    chained = gemv(gemv(x0, w0, None, cfg0, pdl=True), w, None, cfg, pdl=True)
-    assert torch.equal(plain, chained)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = gemv(gemv(x0, w0, None, cfg0, pdl=True), w, None, cfg, pdl=True)
-    for _ in range(3):
-        x0.copy_(torch.randn_like(x0))
-        graph.replay()
-        expected = gemv(gemv(x0, w0, None, cfg0), w, None, cfg)
-        assert torch.equal(out, expected), "the dependent read its input before the first GEMV had written it"
-    assert relative_error(out, reference_matmul(gemv(x0, w0, None, cfg0), layer, None)) < RTOL
