@@ -154,4 +154,3 @@ def gemm_swapped_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: 
 
 def as_entry(config: GemvConfig | GemmConfig) -> dict:
     return asdict(config)
-
