@@ -31,8 +31,10 @@ from triton_kernels.gemm import gemm  # noqa: E402
 from triton_kernels.gemv import gemv, gemv_kernel  # noqa: E402
 
 SHAPES = ("7b_qkv", "7b_o", "7b_up_gate", "70b_up_gate")  # default subset of kernels.SHAPES
-# (block_n, subtiles, num_warps): the autotuner's tiles plus two narrower, 2-warp ones (more programs resident)
-TILES = ((32, 1, 2), (64, 1, 2), (64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
+# (block_n, subtiles, num_warps, k_slices): the autotuner's tiles plus two narrower, 2-warp ones (more
+# programs resident); k_slices > 1 spreads a program's warps over K slices (they need fewer columns per
+# subtile than 8 per warp, or Triton spends every warp on columns)
+TILES = ((32, 1, 2, 1), (64, 1, 2, 1), (64, 1, 4, 1), (128, 2, 4, 1), (128, 1, 8, 1), (256, 2, 8, 1))
 SPLITS = (1, 2, 4, 8, 16, 32)
 LOOP_STAGES = (0, 2, 3, 4)  # 0: plain loop (today); else tl.range(num_stages=S)
 MAX_WAVES = 32  # skip grids over 32 programs per multiprocessor
@@ -42,17 +44,17 @@ CONFIRM_REPLAYS = 25
 def candidates(n: int, k: int, sms: int, space: dict) -> list[GemvConfig]:
     blocks = -(-k // 128)
     out = []
-    for block_n, subtiles, warps in space["tiles"]:
+    for block_n, subtiles, warps, slices in space["tiles"]:
         for split in space["splits"]:
             if split > blocks or -(-n // block_n) * split > sms * MAX_WAVES:
                 continue
-            for step, stages, prefetch, half2 in itertools.product(
-                    space["steps"], space["stages"], (False, True), space["half2"]):
-                if step > -(-blocks // split):
-                    continue  # a step longer than the split's blocks only adds empty loads
+            for step, stages, prefetch, half2, max_registers in itertools.product(
+                    space["steps"], space["stages"], (False, True), space["half2"], space["max_registers"]):
+                if step * slices > -(-blocks // split):
+                    continue  # an iteration longer than the split's blocks only adds empty loads
                 out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
                                       subtiles=subtiles, prefetch=prefetch, loop_stages=stages, blocks_per_step=step,
-                                      half2=half2))
+                                      half2=half2, k_slices=slices, max_registers=max_registers))
     return out
 
 
@@ -73,8 +75,9 @@ def compiled_report() -> list[dict]:
 
 
 def label(c: GemvConfig) -> str:
-    return (f"bn{c.block_n}/sub{c.subtiles}/w{c.num_warps}/split{c.split_k}/"
-            f"{'pf' if c.prefetch else 'nopf'}/stages{c.loop_stages}/step{c.blocks_per_step}{'/half2' if c.half2 else ''}")
+    return (f"bn{c.block_n}/sub{c.subtiles}/w{c.num_warps}/ks{c.k_slices}/split{c.split_k}/"
+            f"{'pf' if c.prefetch else 'nopf'}/stages{c.loop_stages}/step{c.blocks_per_step}{'/half2' if c.half2 else ''}"
+            f"{f'/maxreg{c.max_registers}' if c.max_registers else ''}")
 
 
 def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict) -> dict:
@@ -100,6 +103,10 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict
     families = {"best_plain": lambda c: c["loop_stages"] == 0, "best_pipelined": lambda c: c["loop_stages"] > 0}
     for step in space["steps"]:
         families[f"best_step{step}"] = lambda c, step=step: c.get("blocks_per_step", 1) == step
+    for slices in sorted({t[3] for t in space["tiles"]}):
+        families[f"best_slices{slices}"] = lambda c, slices=slices: c.get("k_slices", 1) == slices
+    for cap in space["max_registers"]:
+        families[f"best_maxreg{cap}"] = lambda c, cap=cap: c.get("max_registers", 0) == cap
     if len(space["half2"]) > 1:
         families["best_float32"] = lambda c: not c.get("half2", False)
         families["best_half2"] = lambda c: c.get("half2", False)
@@ -158,11 +165,14 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(map(str, LOOP_STAGES)), help="comma-separated loop_stages")
     parser.add_argument("--splits", default=",".join(map(str, SPLITS)), help="comma-separated split_k values")
     parser.add_argument("--tiles", default=",".join("/".join(map(str, t)) for t in TILES),
-                        help="comma-separated block_n/subtiles/num_warps tiles")
+                        help="comma-separated block_n/subtiles/num_warps[/k_slices] tiles")
+    parser.add_argument("--max-registers", default="0",
+                        help="comma-separated register caps per thread (0: the compiler's choice)")
     args = parser.parse_args()
     space = dict(steps=[int(v) for v in args.steps.split(",")], stages=[int(v) for v in args.stages.split(",")],
                  splits=[int(v) for v in args.splits.split(",")],
-                 tiles=[tuple(int(v) for v in t.split("/")) for t in args.tiles.split(",")], x_dtype=args.x_dtype,
+                 tiles=[tuple(int(v) for v in (t + "/1").split("/")[:4]) for t in args.tiles.split(",")],
+                 max_registers=[int(v) for v in args.max_registers.split(",")], x_dtype=args.x_dtype,
                  half2=[bool(int(v)) for v in args.half2.split(",")])
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     kb.WARM_ONLY = args.warm_only

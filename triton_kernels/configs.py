@@ -37,6 +37,11 @@ class GemvConfig:
     # Products in packed fp16 pairs (`half2.py`): half the instructions per weight. Used where possible
     # (fp16, groups of whole 128-row blocks, on a GPU); elsewhere the float32 path runs.
     half2: bool = False
+    # > 1: each program splits its K range once more into this many slices, read by different warps
+    # and summed in shared memory at the end (no global split-K epilogue for that factor)
+    k_slices: int = 1
+    # > 0: cap on registers per thread (Triton's `maxnreg`); 0 leaves it to the compiler
+    max_registers: int = 0
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,25 @@ def test_half2_gemv(m, k, n, group, block_n, subtiles, split_k, step, prefetch, 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inline PTX needs a CUDA GPU")
+@pytest.mark.parametrize("k,n", [(640, 40), (4096, 256)])
+@pytest.mark.parametrize("block_n,subtiles,warps,slices,split_k,prefetch,max_registers",
+                         [(32, 1, 8, 2, 1, True, 0), (32, 2, 8, 4, 2, False, 0), (64, 2, 16, 4, 1, True, 0),
+                          (16, 1, 8, 4, 3, True, 64), (128, 1, 8, 1, 4, True, 56)])
+def test_half2_gemv_k_slices(k, n, block_n, subtiles, warps, slices, split_k, prefetch, max_registers):
+    """K slices inside a program, and a register cap, on the GPU at M=1: against the float64 reference
+    and as close as the float32 path (5 blocks leave later slices past the split's end)."""
+    layer, x, w = _layer(1, k, n, 128, seed=k + n + slices)
+    kw = dict(block_n=block_n, subtiles=subtiles, split_k=split_k, num_warps=warps, num_stages=2, max_m=1,
+              prefetch=prefetch, k_slices=slices, max_registers=max_registers)
+    ref = reference_matmul(x, layer)
+    err = relative_error(gemv(x, w, None, GemvConfig(**kw, half2=True)), ref)
+    err32 = relative_error(gemv(x, w, None, GemvConfig(**kw)), ref)
+    assert err < RTOL and err32 < RTOL, f"relative errors {err:.2e} (packed fp16), {err32:.2e} (float32)"
+    assert err < max(4 * err32, 2e-3), f"packed fp16 error {err:.2e} against float32 path {err32:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inline PTX needs a CUDA GPU")
 def test_half2_gemv_large_activations():
     """Activations of +-12000 stay finite and accurate: without the 1/16 weight scaling a single fp16 product
     with q - z = 15 would already overflow (15 * 12000 > 65504)."""

@@ -12,7 +12,7 @@ from triton_kernels.configs import GemmConfig, GemvConfig
 from triton_kernels.dequant import dequantize
 from triton_kernels.gemm import gemm
 from triton_kernels.gemm_swapped import gemm_swapped
-from triton_kernels.gemv import gemv
+from triton_kernels.gemv import gemv, register_cap
 from triton_kernels.prepare import dequantize_prepared, prepare
 from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error
 
@@ -80,6 +80,34 @@ def test_gemv_reads_float32_activations(dtype):
     _check(y, layer, x, bias, 2, 64)
     with pytest.raises(AssertionError, match="expected"):
         gemv(x.double(), w, bias, cfg)
+
+
+@pytest.mark.parametrize("k,group", [(640, 128), (384, 32), (96, -1)])
+@pytest.mark.parametrize("slices,step,prefetch,split_k,subtiles", [(2, 1, False, 1, 1), (2, 1, True, 2, 2),
+                                                                    (4, 1, True, 1, 1), (2, 2, False, 1, 1)])
+def test_gemv_k_slices(k, group, slices, step, prefetch, split_k, subtiles):
+    """K slices inside a program: 5 blocks over 2 or 4 slices leave the last iteration's later slices past
+    the split (they must add 0), split 2 gives each split its own slices, and K = 96 is one partial block
+    (every slice but the first reads nothing). N = 40 is ragged against the 32-column tiles."""
+    m, n = 1, 40
+    layer, x, bias = _inputs(m, k, n, group, torch.float16, seed=k + slices + step, with_bias=True)
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    cfg = GemvConfig(block_n=32, split_k=split_k, num_warps=4, num_stages=1, max_m=1, subtiles=subtiles,
+                     prefetch=prefetch, blocks_per_step=step, k_slices=slices)
+    _check(gemv(x, w, bias, cfg), layer, x, bias, m, n)
+
+
+def test_gemv_k_slices_must_be_a_power_of_two():
+    layer, x, _ = _inputs(1, 256, 32, 128, torch.float16, seed=0)
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    with pytest.raises(AssertionError, match="k_slices must be a power of two"):
+        gemv(x, w, None, GemvConfig(block_n=32, split_k=1, max_m=1, k_slices=3))
+
+
+def test_gemv_register_cap_is_a_launch_option():
+    """max_registers reaches the launch as Triton's maxnreg option; 0 adds nothing."""
+    assert register_cap(GemvConfig(max_registers=64)) == {"maxnreg": 64}
+    assert register_cap(GemvConfig()) == {}
 
 
 def test_gemv_step_must_be_positive():
