@@ -78,6 +78,12 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
             x, w, b, GemvConfig(block_n=128, split_k=4, max_m=8, num_warps=8, prefetch=True, half2=True)),
         "gemv_half2_step2_subtiles": lambda x, w, b: gemv(
             x, w, b, GemvConfig(block_n=128, split_k=3, max_m=8, subtiles=2, blocks_per_step=2, half2=True)),
+        # K slices inside a program and a register cap (the shipped M=1 entries use both).
+        "gemv_half2_slices_capped": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=64, split_k=1, max_m=8, num_warps=8, subtiles=2, half2=True, k_slices=2,
+                                max_registers=64)),
+        "gemv_slices4_prefetch": lambda x, w, b: gemv(
+            x, w, b, GemvConfig(block_n=32, split_k=2, max_m=8, num_warps=8, prefetch=True, k_slices=4)),
         "gemm": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
         "gemm_m16": lambda x, w, b: gemm(x, w, b, GemmConfig(block_m=16, block_n=128, split_k=1, num_warps=8)),
         "gemm_swapped": lambda x, w, b: gemm_swapped(x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2)),
@@ -286,16 +292,19 @@ def diagnose_gemv(shapes: dict) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------- autotune
-# GEMV tiles: (block_n, subtiles, num_warps). Each thread holds 2 columns per subtile (see gemv.py); the
-# 2-warp 32-column tile won on 4096x4096 with 4-block steps (results/gemv_pipeline_<gpu>_steps.json).
-GEMV_TILES = ((32, 1, 2), (64, 1, 4), (128, 2, 4), (128, 1, 8), (256, 2, 8))
-# GEMV loops: (prefetch, loop_stages, blocks_per_step, half2). Packed fp16 products (half2) won at M=1 on all
-# five shapes swept, taking 4-20% less time than the best float32 loop, mostly with the prefetch and one block
-# per step: their fewer registers leave room for it (results/gemv_pipeline_<gpu>_half2.json). The float32
-# loops kept are the ones that won before (steps of 2 or 4 blocks without the prefetch, results/gemv_pipeline_<gpu>_steps.json);
-# Triton's pipeliner (loop_stages) won no entry since the steps came and is no longer tried.
-GEMV_LOOPS = ((False, 0, 1, False), (True, 0, 1, False), (False, 0, 2, False), (False, 0, 4, False),
-              (True, 0, 1, True), (False, 0, 1, True), (True, 0, 2, True), (False, 0, 2, True), (False, 0, 4, True))
+# GEMV tiles: (block_n, subtiles, num_warps, k_slices). A warp covers 8 columns (4 threads a column, one
+# 16-byte load each, see gemv.py); columns beyond the warps' 8 each repeat per thread, sharing the thread's
+# activations; k_slices > 1 spreads the warps left over K slices. The tiles that came within 4% of the best
+# on the four 7B shapes at M=1 after the (column, 16 words) tile (results/gemv_pipeline_<gpu>_flat.json),
+# plus the 4-column 128-wide tile that won the 22016-wide shapes before it.
+GEMV_TILES = ((32, 1, 2, 1), (64, 1, 4, 1), (128, 1, 8, 1), (32, 1, 8, 2), (64, 2, 8, 2), (128, 2, 4, 1))
+# GEMV loops: (prefetch, blocks_per_step, max_registers), all with packed fp16 products (half2), which won
+# every fp16 entry against the float32 loops (results/autotune_<gpu>_half2.json); bf16 and the interpreter
+# run the float32 path of the same config. A cap of 64 registers lets 4 programs of 8 warps share a
+# multiprocessor; it won most entries without the prefetch, whose second block of words it would spill
+# (results/gemv_pipeline_<gpu>_flat.json). Triton's pipeliner (loop_stages) won no entry since the steps
+# came and is no longer tried.
+GEMV_LOOPS = ((True, 1, 0), (False, 1, 64), (False, 1, 0), (True, 2, 0), (False, 2, 0), (True, 1, 64))
 # The GEMV is tuned, and compared with the GEMM, up to this M. Packed fp16 GEMVs were tuned up to M=8 once
 # (results/autotune_<gpu>_half2.json): the GEMM won at M=4 on all seven shapes (by 6-14%) and at M=8 by 1.7-2.5x.
 GEMV_MAX_M = 4
@@ -314,15 +323,15 @@ SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 wave
 def gemv_candidates(m: int, n: int, k: int) -> list[GemvConfig]:
     blocks = -(-k // 128)
     out = []
-    for block_n, subtiles, warps in GEMV_TILES:
+    for block_n, subtiles, warps, slices in GEMV_TILES:
         for split in (1, 2, 4, 8, 16):
             programs = -(-n // block_n) * split
             if split <= blocks and (split == 1 or programs <= SMS * 16):
-                for prefetch, loop_stages, step, half2 in GEMV_LOOPS:
-                    if step <= -(-blocks // split):  # a step longer than the split only adds empty loads
+                for prefetch, step, max_registers in GEMV_LOOPS:
+                    if step * slices <= -(-blocks // split):  # an iteration longer than the split only adds empty loads
                         out.append(GemvConfig(block_n=block_n, split_k=split, num_warps=warps, num_stages=2, max_m=8,
-                                              subtiles=subtiles, prefetch=prefetch, loop_stages=loop_stages,
-                                              blocks_per_step=step, half2=half2))
+                                              subtiles=subtiles, prefetch=prefetch, blocks_per_step=step, half2=True,
+                                              k_slices=slices, max_registers=max_registers))
     return out
 
 

@@ -2,10 +2,15 @@
 
 One program owns BLOCK_N output columns for one slice of K and reads each packed word once. In
 the prepared layout (see `prepare.py`) a column's 16 words of a 128-row block are contiguous and
-nibble i of word j is K row 16 i + j. The word tile is shaped (BN, 4, 4) so that each thread
-loads 4 consecutive words of one column with one 16-byte load; nibble i of those 4 words is then
-4 consecutive K rows, whose activations are one 8-byte load, converted to float32 once and
-reused for every column the thread holds.
+nibble i of word j is K row 16 i + j. The word tile is (BN, 16), one column's block a row: Triton
+then gives 4 threads a column, each loading 4 consecutive words with one 16-byte load, and a warp
+8 whole columns (512 contiguous bytes a load instruction); columns beyond a program's warps repeat
+per thread. Nibble i of a thread's 4 words is 4 consecutive K rows, whose activations are one
+8-byte load, shared by every column the thread holds. (A (BN, 4, 4) tile, used before, let Triton
+put a warp's 32 threads on 32 columns, each thread with 2 of a column's 4 word quads: half of
+every 32-byte sector a load instruction, and no column sharing a thread's activations. The
+(BN, 16) tile took 3-7% less time at M=1 than the best (BN, 4, 4) configs, see
+benchmarks/README.md.)
 
 Per weight the float32 path issues one LOP3 (`nibbles.nibble_float`: mask and OR into an exact
 float), one FADD (minus the zero point in the same form) and one FFMA per row of x; the scale is
@@ -14,9 +19,10 @@ a GPU) the products run in packed fp16 pairs instead (`half2.py`): half the inst
 5-13% less time at M=1 on the H100. Products are accumulated element-wise in float32 registers and
 reduced once at the end. Split-K partial sums meet in a fixed order (`splitk.store_partial`).
 
-Measured on the H100 (benchmarks/README.md): a launch costs about 7 us whatever its size (launch,
-first loads, the split-K epilogue) plus the words streamed at about 74% of the copy bandwidth; in
-Nsight Compute the warps wait mostly on global loads, at an occupancy capped by registers. Each
+Measured on the H100 (benchmarks/README.md), with the (BN, 4, 4) tile: a launch costs about 7 us
+whatever its size (launch, first loads, the split-K epilogue) plus the words streamed at about 74%
+of the copy bandwidth; in Nsight Compute the warps wait mostly on global loads, at an occupancy
+capped by registers (hence `GemvConfig.max_registers`, which won most M=1 entries at 64). Each
 iteration fetches `STEP` whole blocks (`GemvConfig.blocks_per_step`), one tensor per block carried
 as a tuple so that every block keeps the single-block register layout (a (STEP, ...) tensor
 dimension made Triton pass the zero points through shared memory). Steps of 2 or 4 blocks, without
@@ -42,7 +48,7 @@ from .splitk import split_buffers, store_partial
 
 @triton.jit
 def _load_x(x_ptr, rows, stride_xm, k, K, b, b_end, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr):
-    """(BM, KS, 1, 4, 4) activations of K rows `k` (of blocks `b`) in x's dtype; rows past K, and with a
+    """(BM, KS, 1, 16) activations of K rows `k` (of blocks `b`) in x's dtype; rows past K, and with a
     ragged last step the rows of blocks from `b_end` on, read as 0."""
     if EVEN_K and EVEN_STEPS:
         return tl.load(x_ptr + rows * stride_xm + k)
@@ -58,7 +64,7 @@ def _minus_zero(words, high, z, base_bits, i: tl.constexpr):
 
 @triton.jit
 def _load_group(z_ptr, s_ptr, group, offs_n, mask, N, MASKED: tl.constexpr):
-    """(1, KS, SUB, 1, 1) zero points (int32) and scales (float32) of `group`; with MASKED, outside `mask` 0."""
+    """(1, KS, SUB, 1) zero points (int32) and scales (float32) of `group`; with MASKED, outside `mask` 0."""
     if MASKED:
         z = tl.load(z_ptr + group * N + offs_n, mask=mask, other=0).to(tl.int32)
         s = tl.load(s_ptr + group * N + offs_n, mask=mask, other=0.0).to(tl.float32)
@@ -70,12 +76,12 @@ def _load_group(z_ptr, s_ptr, group, offs_n, mask, N, MASKED: tl.constexpr):
 
 @triton.jit
 def _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr, MASKED: tl.constexpr):
-    """Blocks `b`'s (1, KS, SUB, 4, 4) packed words (each thread's 4 words of a column: one 16-byte load) and
-    the (1, KS, SUB, 1, 1) zero point and scale of its first group. With MASKED, columns outside `mask_n`
+    """Blocks `b`'s (1, KS, SUB, 16) packed words (each thread's 4 words of a column: one 16-byte load) and
+    the (1, KS, SUB, 1) zero point and scale of its first group. With MASKED, columns outside `mask_n`
     and blocks from `b_end` on read as 0; without, every address must be valid."""
     ptrs = qw_ptr + (b * N + offs_n) * 16 + offs_j
     # The block test as a tensor: Triton's CPU interpreter rejects a scalar & tensor mask.
-    mask = mask_n & (offs_n * 0 + b < b_end)  # (1, KS, SUB, 1, 1)
+    mask = mask_n & (offs_n * 0 + b < b_end)  # (1, KS, SUB, 1)
     words = tl.load(ptrs, mask=mask, other=0) if MASKED else tl.load(ptrs)
     z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask, N, MASKED)
     return words, z, s
@@ -97,17 +103,17 @@ def _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP
 @triton.jit
 def _block_product_half2(acc, words, z, s, x_ptr, rows, stride_xm, b, b_end, K, offs_j,
                          EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr):
-    """`_block_product` in packed fp16 (`half2.py`), for blocks inside one group: (BM, KS, SUB, 4, 4) sums."""
+    """`_block_product` in packed fp16 (`half2.py`), for blocks inside one group: (BM, KS, SUB, 16) sums."""
     xs = ()
     for i in tl.static_range(8):
         xs = xs + (_load_x(x_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, b, b_end, EVEN_K, EVEN_STEPS),)
-    x0 = half2.pack_pairs(xs[0], xs[4])  # (BM, KS, 1, 4, 4) pairs of rows (16 i + j, 16 (i + 4) + j)
+    x0 = half2.pack_pairs(xs[0], xs[4])  # (BM, KS, 1, 16) pairs of rows (16 i + j, 16 (i + 4) + j)
     x1 = half2.pack_pairs(xs[1], xs[5])
     x2 = half2.pack_pairs(xs[2], xs[6])
     x3 = half2.pack_pairs(xs[3], xs[7])
-    z64, z4 = half2.zero_pairs(z)  # (1, KS, SUB, 1, 1)
-    q0, q1, q2, q3 = half2.dequant_pairs(words, z64, z4)  # (1, KS, SUB, 4, 4) each: (q - z) / 16
-    dot = half2.pair_dot(q0, q1, q2, q3, x0, x1, x2, x3)  # (BM, KS, SUB, 4, 4)
+    z64, z4 = half2.zero_pairs(z)  # (1, KS, SUB, 1)
+    q0, q1, q2, q3 = half2.dequant_pairs(words, z64, z4)  # (1, KS, SUB, 16) each: (q - z) / 16
+    dot = half2.pair_dot(q0, q1, q2, q3, x0, x1, x2, x3)  # (BM, KS, SUB, 16)
     return acc + dot * (s * half2.WEIGHT_SCALE)
 
 
@@ -115,7 +121,7 @@ def _block_product_half2(acc, words, z, s, x_ptr, rows, stride_xm, b, b_end, K, 
 def _block_product(acc, words, z, s, x_ptr, z_ptr, s_ptr, rows, stride_xm, b, b_end, N, K, offs_n, mask_n, offs_j,
                    base_bits, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr,
                    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr):
-    """acc + x[:, rows of block b] @ (its words dequantised): (BM, K_SLICES, SUB, 4, 4) element-wise sums
+    """acc + x[:, rows of block b] @ (its words dequantised): (BM, K_SLICES, SUB, 16) element-wise sums
     (`b` holds each K slice's block)."""
     if HALF2:
         tl.static_assert(GROUP % 128 == 0, "the packed-fp16 path needs groups of whole 128-row blocks")
@@ -132,7 +138,7 @@ def _block_product(acc, words, z, s, x_ptr, z_ptr, s_ptr, rows, stride_xm, b, b_
             part = tl.zeros_like(acc)
             for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
                 xv = _load_x(x_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, b, b_end, EVEN_K, EVEN_STEPS)
-                part += xv.to(tl.float32) * _minus_zero(words, high, z, base_bits, i)  # (BM, KS, SUB, 4, 4)
+                part += xv.to(tl.float32) * _minus_zero(words, high, z, base_bits, i)  # (BM, KS, SUB, 16)
             acc += part * s
     return acc
 
@@ -198,22 +204,22 @@ def gemv_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     # Rows past M re-read row M - 1 (no load predicates); only the store is masked.
-    rows = tl.minimum(tl.arange(0, BLOCK_M), M - 1)[:, None, None, None, None]  # (BM, 1, 1, 1, 1)
-    slices = tl.arange(0, K_SLICES)[None, :, None, None, None]  # (1, KS, 1, 1, 1)
-    offs_n0 = (pid_n * BLOCK_N + tl.arange(0, SUB))[None, None, :, None, None]  # (1, 1, SUB, 1, 1)
+    rows = tl.minimum(tl.arange(0, BLOCK_M), M - 1)[:, None, None, None]  # (BM, 1, 1, 1)
+    slices = tl.arange(0, K_SLICES)[None, :, None, None]  # (1, KS, 1, 1)
+    offs_n0 = (pid_n * BLOCK_N + tl.arange(0, SUB))[None, None, :, None]  # (1, 1, SUB, 1)
     offs_n1 = offs_n0 + SUB
-    offs_j = (tl.arange(0, 4)[:, None] * 4 + tl.arange(0, 4)[None, :])[None, None, None, :, :]  # (1, 1, 1, 4, 4) word j
+    offs_j = tl.arange(0, 16)[None, None, None, :]  # (1, 1, 1, 16) word j
     mask_n0 = offs_n0 < N
     mask_n1 = offs_n1 < N
     n_blocks = tl.cdiv(K, 128)
     b_start = pid_k * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, n_blocks)
 
-    acc0 = tl.zeros((BLOCK_M, K_SLICES, SUB, 4, 4), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_M, K_SLICES, SUB, 4, 4), dtype=tl.float32)
+    acc0 = tl.zeros((BLOCK_M, K_SLICES, SUB, 16), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, K_SLICES, SUB, 16), dtype=tl.float32)
     # Without PREFETCH the carried blocks are unused placeholders of the fetched types.
-    empty = (tl.zeros((1, K_SLICES, SUB, 4, 4), dtype=tl.int32), tl.zeros((1, K_SLICES, SUB, 1, 1), dtype=tl.int32),
-             tl.zeros((1, K_SLICES, SUB, 1, 1), dtype=tl.float32))
+    empty = (tl.zeros((1, K_SLICES, SUB, 16), dtype=tl.int32), tl.zeros((1, K_SLICES, SUB, 1), dtype=tl.int32),
+             tl.zeros((1, K_SLICES, SUB, 1), dtype=tl.float32))
     nxt0 = ()
     for d in tl.static_range(STEP):
         nxt0 = nxt0 + (empty,)
@@ -248,9 +254,9 @@ def gemv_kernel(
 @triton.jit
 def _store(acc, y_ptr, bias_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, n0, M, N, stride_ym,
            BLOCK_M: tl.constexpr, SUB: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
-    """Reduce the (BM, SUB, 4, 4) element-wise sums and write columns n0 .. n0 + SUB (with SPLIT, this
+    """Reduce the (BM, SUB, 16) element-wise sums and write columns n0 .. n0 + SUB (with SPLIT, this
     split's partial, summed with the others by the tile's last program)."""
-    y = tl.sum(tl.sum(acc, axis=3), axis=2)  # (BM, SUB)
+    y = tl.sum(acc, axis=2)  # (BM, SUB)
     offs_m = tl.arange(0, BLOCK_M)[:, None]  # (BM, 1)
     offs_n = n0 + tl.arange(0, SUB)[None, :]  # (1, SUB)
     if HAS_BIAS:
