@@ -119,8 +119,8 @@ def _block_product_half2(acc, words, z, s, x_ptr, rows, stride_xm, b, b_end, K, 
 
 @triton.jit
 def _block_product(acc, words, z, s, x_ptr, z_ptr, s_ptr, rows, stride_xm, b, b_end, N, K, offs_n, mask_n, offs_j,
-                   base_bits, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr,
-                   EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr):
+                   base_bits, GROUP: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+                   EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr):
     """acc + x[:, rows of block b] @ (its words dequantised): (BM, K_SLICES, SUB, 16) element-wise sums
     (`b` holds each K slice's block)."""
     if HALF2:
@@ -146,16 +146,17 @@ def _block_product(acc, words, z, s, x_ptr, z_ptr, s_ptr, rows, stride_xm, b, b_
 @triton.jit
 def _step(b, b_end, acc0, acc1, nxt0, nxt1,
           x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j, base_bits,
-          GROUP: tl.constexpr, BLOCK_M: tl.constexpr, SUB: tl.constexpr, SUBTILES: tl.constexpr, STEP: tl.constexpr,
+          GROUP: tl.constexpr, SUBTILES: tl.constexpr, STEP: tl.constexpr,
           K_SLICES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
           EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr):
-    """STEP 128-row blocks from each slice's block `b` (1, KS, 1, 1, 1): their words (prefetched last step,
+    """STEP 128-row blocks from each slice's block `b` (1, KS, 1, 1): their words (prefetched last step,
     or fetched now) times x, added to the accumulators. Returns the accumulators and, with PREFETCH, the
     next step's fetched blocks."""
     if PREFETCH:
         cur0, cur1 = nxt0, nxt1
         b_next = b + STEP * K_SLICES
-        nxt0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_next, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, K_SLICES, True)
+        nxt0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_next, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, K_SLICES,
+                           True)
         if SUBTILES == 2:
             nxt1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_next, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, K_SLICES,
                                True)
@@ -169,13 +170,12 @@ def _step(b, b_end, acc0, acc1, nxt0, nxt1,
     for d in tl.static_range(STEP):
         words0, z0, s0 = cur0[d]
         acc0 = _block_product(acc0, words0, z0, s0, x_ptr, z_ptr, s_ptr, rows, stride_xm, b + d * K_SLICES, b_end, N,
-                              K, offs_n0, mask_n0, offs_j, base_bits, GROUP, BLOCK_M, SUB, EVEN_N, EVEN_K, EVEN_STEPS,
-                              HALF2)
+                              K, offs_n0, mask_n0, offs_j, base_bits, GROUP, EVEN_N, EVEN_K, EVEN_STEPS, HALF2)
         if SUBTILES == 2:
             words1, z1, s1 = cur1[d]
             acc1 = _block_product(acc1, words1, z1, s1, x_ptr, z_ptr, s_ptr, rows, stride_xm, b + d * K_SLICES, b_end,
-                                  N, K, offs_n1, mask_n1, offs_j, base_bits, GROUP, BLOCK_M, SUB, EVEN_N, EVEN_K,
-                                  EVEN_STEPS, HALF2)
+                                  N, K, offs_n1, mask_n1, offs_j, base_bits, GROUP, EVEN_N, EVEN_K, EVEN_STEPS,
+                                  HALF2)
     return acc0, acc1, nxt0, nxt1
 
 
@@ -235,13 +235,13 @@ def gemv_kernel(
             acc0, acc1, nxt0, nxt1 = _step(
                 b + slices, b_end, acc0, acc1, nxt0, nxt1,
                 x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
-                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, K_SLICES, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS, HALF2)
+                base_bits, GROUP, SUBTILES, STEP, K_SLICES, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS, HALF2)
     else:
         for b in range(b_start, b_end, STEP * K_SLICES):
             acc0, acc1, nxt0, nxt1 = _step(
                 b + slices, b_end, acc0, acc1, nxt0, nxt1,
                 x_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
-                base_bits, GROUP, BLOCK_M, SUB, SUBTILES, STEP, K_SLICES, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS, HALF2)
+                base_bits, GROUP, SUBTILES, STEP, K_SLICES, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS, HALF2)
 
     # The slices' sums meet here (a reduction across warps: shared memory), then the split-K epilogue.
     _store(tl.sum(acc0, axis=1), y_ptr, bias_ptr, ws_ptr, count_ptr, SUBTILES * pid_n, pid_k, split_k,
