@@ -118,7 +118,9 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict
     # The tuned tile with only the pipeline depth changed: the pipeliner's effect alone.
     same_tile = {s: next((r["us"] for r in ok if r["config"] == configs.as_entry(
         GemvConfig(**{**configs.as_entry(tuned), "loop_stages": s}))), None) for s in space["stages"]}
-    finalists = {"tuned": tuned, **{family: GemvConfig(**r["config"]) for family, r in best.items()}}
+    # "fallback": what a GPU without tuned entries runs (configs.default_gemv)
+    finalists = {"tuned": tuned, "fallback": configs.default_gemv(n, k, 1, sms),
+                 **{family: GemvConfig(**r["config"]) for family, r in best.items()}}
     gemm_cfg = configs.gemm_config(name, n, k, 1, sms)
     confirm = {}
     for rep in range(2):  # two passes: the spread between them is the noise

@@ -110,14 +110,24 @@ def _nearest_entry(table: dict[str, dict], kernel: str, n: int, k: int, m: int) 
     return table[prefix + str(best)]
 
 
+# The fallback GEMV (GPUs without tuned entries): 4-warp programs capped at 64 registers a thread, so that
+# 8 of them share a multiprocessor (64K registers), and enough of them to fill every multiprocessor that
+# way, without the prefetch (whose second block of words the cap would spill). On the H100 the cap won
+# six of the seven tuned M=1 entries; this fallback against the one it replaced (4 programs a
+# multiprocessor, no cap): benchmarks/README.md, results/gemv_pipeline_<gpu>_fallback.json.
+FALLBACK_GEMV_PROGRAMS_PER_SM = 8
+FALLBACK_GEMV_MAX_REGISTERS = 64
+
+
 def default_gemv(n: int, k: int, m: int, sm_count: int) -> GemvConfig:
-    """Enough programs to fill every multiprocessor a few times over, each reading whole 128-row blocks, with
-    packed fp16 products where they apply (they won on every shape tuned on the H100)."""
+    """Enough programs to fill every multiprocessor, each reading whole 128-row blocks, with packed fp16
+    products where they apply (they won on every shape tuned on the H100)."""
     block_n = 64 if n >= 2048 else 32
     programs_n = -(-n // block_n)
     blocks = -(-k // 128)
-    split_k = max(1, min(blocks, (4 * sm_count) // max(programs_n, 1)))
-    return GemvConfig(block_n=block_n, split_k=split_k, num_warps=4, num_stages=2, max_m=8, half2=True)
+    split_k = max(1, min(blocks, (FALLBACK_GEMV_PROGRAMS_PER_SM * sm_count) // max(programs_n, 1)))
+    return GemvConfig(block_n=block_n, split_k=split_k, num_warps=4, num_stages=2, max_m=8, half2=True,
+                      max_registers=FALLBACK_GEMV_MAX_REGISTERS)
 
 
 def default_gemm(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
