@@ -24,6 +24,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import triton_kernels
 from triton_kernels.dispatch import MIN_CAPABILITY
+from triton_kernels.ops import device_capability
 
 ATTENTION = "awqflow_decode"  # the attn_implementation name the model is switched to
 # Extra keyword arguments some models pass whose meaning the kernel does not implement (any not None).
@@ -35,7 +36,8 @@ MIN_CAPABILITY_BY_DTYPE = {torch.float16: MIN_CAPABILITY, torch.bfloat16: (8, 0)
 def _device_ok(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type == "cpu":
         return os.environ.get("TRITON_INTERPRET") == "1"
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= MIN_CAPABILITY_BY_DTYPE[dtype]
+    capability = device_capability(device)  # None off CUDA; cached, like the W4 linears' own check
+    return capability is not None and capability >= MIN_CAPABILITY_BY_DTYPE[dtype]
 
 
 def kernel_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
