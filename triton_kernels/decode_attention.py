@@ -46,21 +46,12 @@ def _state_ptrs(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G: tl.c
 
 
 @triton.jit
-def _chunk_max(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Chunk c's running max (BG,); -inf past `split`. Read with .cg: from L2, where the other programs
-    wrote it."""
-    present = offs_g * 0 + c < split  # the chunk test as a tensor (see splitk.py)
-    m_ptrs, _, _ = _state_ptrs(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G, BLOCK_D)
-    return tl.load(m_ptrs, mask=present, other=float("-inf"), cache_modifier=".cg")
-
-
-@triton.jit
 def _chunk_state(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
     """Chunk c's (running max (BG,), running sum (BG,), unnormalised output (BG, BD)); past `split`, a
-    chunk with no slot (-inf, 0, 0)."""
-    present = offs_g * 0 + c < split
-    _, l_ptrs, acc_ptrs = _state_ptrs(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G, BLOCK_D)
-    m = _chunk_max(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G, BLOCK_D)
+    chunk with no slot (-inf, 0, 0). Read with .cg: from L2, where the other programs wrote them."""
+    present = offs_g * 0 + c < split  # the chunk test as a tensor (see splitk.py)
+    m_ptrs, l_ptrs, acc_ptrs = _state_ptrs(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G, BLOCK_D)
+    m = tl.load(m_ptrs, mask=present, other=float("-inf"), cache_modifier=".cg")
     l = tl.load(l_ptrs, mask=present, other=0.0, cache_modifier=".cg")
     acc = tl.load(acc_ptrs, mask=present[:, None], other=0.0, cache_modifier=".cg")
     return m, l, acc
@@ -69,27 +60,29 @@ def _chunk_state(ws_ptr, stats_ptr, tile, split, c, offs_g, offs_d, BLOCK_G: tl.
 @triton.jit
 def _merge_chunks(ws_ptr, stats_ptr, o_rows, tile, split, offs_g, offs_d, out_mask, BLOCK_G: tl.constexpr,
                   BLOCK_D: tl.constexpr):
-    """Merge the `split` chunk states of `tile` in chunk order and write the normalised output. The
-    states are read MERGE_UNROLL chunks at a time, all loads before any use (one L2 round trip each)."""
-    m = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
-    for c0 in range(0, split, MERGE_UNROLL):  # the overall max, for a common exponent
-        maxima = ()
-        for d in tl.static_range(MERGE_UNROLL):
-            maxima = maxima + (_chunk_max(ws_ptr, stats_ptr, tile, split, c0 + d, offs_g, offs_d, BLOCK_G, BLOCK_D),)
-        for d in tl.static_range(MERGE_UNROLL):
-            m = tl.maximum(m, maxima[d])
-    m_use = tl.where(m == float("-inf"), 0.0, m)  # (BG,) no slot anywhere: every weight below is 0
-    total = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    denom = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    """Merge the `split` chunk states of `tile` in chunk order and write the normalised output. One pass:
+    MERGE_UNROLL chunks' states are loaded before any is used (one L2 round trip for each MERGE_UNROLL
+    chunks), and the running sums are rescaled whenever a later chunk raises the running max."""
+    m = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)  # running max of every chunk so far
+    total = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)  # sum of exp2(m_c - m) * acc_c
+    denom = tl.zeros((BLOCK_G,), dtype=tl.float32)  # sum of exp2(m_c - m) * l_c
     for c0 in range(0, split, MERGE_UNROLL):
         states = ()
         for d in tl.static_range(MERGE_UNROLL):
             states = states + (_chunk_state(ws_ptr, stats_ptr, tile, split, c0 + d, offs_g, offs_d, BLOCK_G, BLOCK_D),)
+        m_new = m
+        for d in tl.static_range(MERGE_UNROLL):
+            m_new = tl.maximum(m_new, states[d][0])
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # (BG,) no slot yet: every weight below is 0
+        rescale = tl.exp2(m - m_use)  # (BG,) 0 while m is -inf (the sums are 0 then)
+        total = total * rescale[:, None]
+        denom = denom * rescale
         for d in tl.static_range(MERGE_UNROLL):
             m_c, l_c, acc_c = states[d]
             weight = tl.exp2(m_c - m_use)  # (BG,) 0 for a chunk with no slot
             denom += weight * l_c
             total += weight[:, None] * acc_c
+        m = m_new
     out = total / tl.where(denom == 0.0, 1.0, denom)[:, None]  # (BG, BD)
     tl.store(o_rows, out.to(o_rows.dtype.element_ty), mask=out_mask)
 

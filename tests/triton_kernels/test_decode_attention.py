@@ -67,6 +67,18 @@ def test_decode_attention_matches_float64(batch, heads, kv_heads, slots, head_di
     assert not arrival_counters(q.device).any(), "every merge leaves its counter at 0"
 
 
+def test_merge_rounds_when_early_chunks_are_empty_and_a_late_chunk_holds_the_max():
+    # 11 chunks (three merge rounds): the first round's chunks have no allowed slot (their running max
+    # stays -inf), and the keys of the last chunk are scaled up so that its scores raise the running max
+    # after earlier rounds were summed: the merge must rescale those sums.
+    q, k, v = inputs(1, 4, 2, 700, 16, torch.float16, seed=3)
+    k[:, :, 640:] *= 4
+    mask = torch.zeros(1, 1, 1, 700, dtype=torch.bool, device=q.device)
+    mask[..., 300:] = True
+    out = decode_attention(q, k, v, mask, 0.25, sms=64)
+    assert relative_error(out, reference(q, k, v, mask, 0.25)) < 2e-3
+
+
 def test_fully_masked_sequence_gives_zeros_and_a_broadcast_mask_is_read_per_slot():
     q, k, v = inputs(2, 4, 2, 150, 32, torch.float16)
     mask = padded_mask(2, 150)
