@@ -24,7 +24,9 @@ reads only the filled slots of the static cache and splits them over many progra
 
 Only caches whose layers are all plain `StaticLayer`s are graphed: sliding-window static layers keep
 their position in a Python integer, which a replay would not advance. Anything else (another cache,
-a CPU model) runs eagerly through the same buffers.
+a CPU model) runs eagerly through the same buffers. Before its first decode step such a cache is
+switched to one position counter for all its layers (`static_cache.py`), which saves the kernel that
+advanced each layer's own.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import torch.nn as nn
 from transformers.cache_utils import Cache, StaticLayer
 
 from .attention import use_decode_attention
+from .static_cache import SharedCounterLayer, share_position_counter
 
 
 def _tensor_leaves(value: Any, prefix: str) -> list[tuple[str, torch.Tensor]] | None:
@@ -71,7 +74,7 @@ def graphable_cache(cache: Any) -> bool:
     layers = getattr(cache, "layers", None)
     return (
         isinstance(cache, Cache) and bool(layers)
-        and all(type(layer) is StaticLayer and layer.is_initialized for layer in layers)
+        and all(type(layer) in (StaticLayer, SharedCounterLayer) and layer.is_initialized for layer in layers)
     )  # fmt: skip
 
 
@@ -102,9 +105,12 @@ class GraphedDecodeStep:
     """`model(**inputs)` for decode steps, replayed from a CUDA graph when the inputs allow it."""
 
     def __init__(
-        self, model: nn.Module, use_graphs: bool = True, compile: bool = False, compile_backend: str | Callable = "inductor"
+        self, model: nn.Module, use_graphs: bool = True, compile: bool = False, compile_backend: str | Callable = "inductor",
+        share_counter: bool = True,
     ):
         self.model, self.use_graphs = model, use_graphs
+        # Whether a graphable cache's layers are switched to one position counter (`static_cache.py`).
+        self.share_counter = share_counter
         self.step: CapturedStep | None = None
         self.fallback_reason: str | None = None  # why the last call ran eagerly, if it did
         # What a step runs: the model itself, or its torch.compile'd forward (compiled on first use).
@@ -131,6 +137,8 @@ class GraphedDecodeStep:
         if not graphable_cache(cache):
             self.fallback_reason = f"cache {type(cache).__name__} is not an initialized static cache of plain StaticLayers"
             return None
+        if self.share_counter:
+            share_position_counter(cache)  # before the key: the counters' addresses are part of it
         leaves = _input_leaves(inputs)
         if leaves is None:
             self.fallback_reason = f"an input of {sorted(inputs)} is neither a tensor, a dict of tensors nor a plain value"

@@ -132,12 +132,12 @@ class Harness:
     """Prefill, then greedy decode with a static cache; the same code times every model."""
 
     def __init__(self, model: nn.Module, batch: int, prompt: int, new_tokens: int, use_graphs: bool,
-                 compile: bool = False):
+                 compile: bool = False, share_counter: bool = True):
         self.model, self.batch, self.prompt, self.new_tokens = model, batch, prompt, new_tokens
         self.device = next(model.parameters()).device
         self.max_len = prompt + new_tokens
         self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
-        self.step = GraphedDecodeStep(model, use_graphs, compile)
+        self.step = GraphedDecodeStep(model, use_graphs, compile, share_counter=share_counter)
         self.positions = torch.arange(self.max_len, device=self.device)  # (max_len,)
         gen = torch.Generator(device="cpu").manual_seed(batch)
         vocab = model.config.vocab_size

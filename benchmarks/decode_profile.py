@@ -46,9 +46,9 @@ def kind_of(name: str) -> str:
 
 
 @torch.no_grad()
-def profile_step(model, label: str, steps: int, prompt: int) -> dict:
+def profile_step(model, label: str, steps: int, prompt: int, share_counter: bool = True) -> dict:
     """Kernel time per decode step by kind, over `steps` steps of the harness's decode loop."""
-    harness = db.Harness(model, 1, prompt, steps + 1, use_graphs=True, compile=True)
+    harness = db.Harness(model, 1, prompt, steps + 1, use_graphs=True, compile=True, share_counter=share_counter)
     harness.run(db.WARMUP_TOKENS)  # compile, capture
     harness.cache.reset()
     out = model(input_ids=harness.prompt_ids, past_key_values=harness.cache, use_cache=True, logits_to_keep=1)
@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--attention", choices=("kernel", "sdpa"), default="kernel",
                         help="one-token attention: awq_core.attention's kernel, or transformers' SDPA")
+    parser.add_argument("--per-layer-counters", action="store_true",
+                        help="keep transformers' position counter per cache layer (awq_core/static_cache.py not applied)")
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--out", type=Path, help="also write the result file here")
     args = parser.parse_args()
@@ -98,9 +100,10 @@ def main() -> None:
         assert use_decode_attention(model), "the model did not take the decode attention"
     fuse_linears(model)
     t0 = time.time()
-    results = [profile_step(model, "fp16", args.steps, args.prompt)]
+    share = not args.per_layer_counters
+    results = [profile_step(model, "fp16", args.steps, args.prompt, share)]
     db.quantize_in_place(model)
-    results.append(profile_step(model, "w4", args.steps, args.prompt))
+    results.append(profile_step(model, "w4", args.steps, args.prompt, share))
     for result in results:
         print(f"{result['model']}: step {result['step_us']:.0f} us (under the profiler), kernels "
               f"{result['kernels_us_per_step']:.0f} us, idle {result['idle_us_per_step']:.0f} us, "
@@ -109,7 +112,7 @@ def main() -> None:
                                                               key=lambda kv: -kv[1])), flush=True)
     path = Path(__file__).resolve().parent / "results" / f"decode_profile_{configs.gpu_tag(gpu)}{'_' + args.tag if args.tag else ''}.json"
     data = dict(command="python " + " ".join(sys.argv), gpu=gpu, attention=args.attention, torch=torch.__version__, seconds=time.time() - t0,
-                results=results)
+                shared_counter=share, results=results)
     db.kb.write_result(path, data, args.out)
     print("wrote", path)
 
