@@ -8,6 +8,12 @@ decode steps (after an unprofiled prefill) run under torch.profiler; every CUDA 
 one kind by its name (table `KINDS`) and its time summed. Per step: the time between CUDA events
 around the loop, the kernels' sum by kind, and the rest (idle: gaps between kernels, where the GPU
 runs nothing, and the host-side work of a step that the GPU waits for).
+
+`--bound norms,activation` times upper bounds of W4-only fusions, on a W4 model whose decoder layers
+compute something else (timings only, the outputs mean nothing): `norms` makes every decoder layer's two
+RMSNorms identities (what a GEMV that normalised its own input would leave: the residual adds, without
+the norm kernels), `activation` makes the MLP `down_proj(gate_proj(x))` (what a gate/up product writing
+silu(gate) * up itself would leave: no activation kernel). The fp16 model is timed unchanged.
 """
 from __future__ import annotations
 
@@ -38,11 +44,27 @@ KINDS = (
     ("cuBLAS products", ("gemm", "gemv", "sm90", "cutlass", "xmma", "ampere", "nvjet")),
 )
 OTHER = "other"
+BOUNDS = ("norms", "activation")  # what `--bound` may drop from the W4 model (see the module docstring)
 
 
 def kind_of(name: str) -> str:
     lowered = name.lower()
     return next((kind for kind, keys in KINDS if any(k in lowered for k in keys)), OTHER)
+
+
+def _gate_only_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(self.gate_proj(x))  # (..., hidden): no activation, no product with up
+
+
+def drop_for_bound(model, bounds: list[str]) -> None:
+    """Remove the named per-layer ops from `model` (timings only: the model then computes something else)."""
+    for layer in model.model.layers:
+        if "norms" in bounds:
+            layer.input_layernorm = torch.nn.Identity()
+            layer.post_attention_layernorm = torch.nn.Identity()
+        if "activation" in bounds:  # a subclass, not an instance attribute: Dynamo then inlines it like any forward
+            mlp = layer.mlp
+            mlp.__class__ = type("GateOnly" + type(mlp).__name__, (type(mlp),), {"forward": _gate_only_forward})
 
 
 @torch.no_grad()
@@ -88,6 +110,7 @@ def main() -> None:
                         help="one-token attention: awq_core.attention's kernel, or transformers' SDPA")
     parser.add_argument("--per-layer-counters", action="store_true",
                         help="keep transformers' position counter per cache layer (awq_core/static_cache.py not applied)")
+    parser.add_argument("--bound", default="", help=f"comma-separated of {BOUNDS}: W4 fusion upper bounds (see above)")
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--out", type=Path, help="also write the result file here")
     args = parser.parse_args()
@@ -103,6 +126,9 @@ def main() -> None:
     share = not args.per_layer_counters
     results = [profile_step(model, "fp16", args.steps, args.prompt, share)]
     db.quantize_in_place(model)
+    bounds = [b for b in args.bound.split(",") if b]
+    assert all(b in BOUNDS for b in bounds), f"--bound takes {BOUNDS}, got {bounds}"
+    drop_for_bound(model, bounds)
     results.append(profile_step(model, "w4", args.steps, args.prompt, share))
     for result in results:
         print(f"{result['model']}: step {result['step_us']:.0f} us (under the profiler), kernels "
@@ -112,7 +138,7 @@ def main() -> None:
                                                               key=lambda kv: -kv[1])), flush=True)
     path = Path(__file__).resolve().parent / "results" / f"decode_profile_{configs.gpu_tag(gpu)}{'_' + args.tag if args.tag else ''}.json"
     data = dict(command="python " + " ".join(sys.argv), gpu=gpu, attention=args.attention, torch=torch.__version__, seconds=time.time() - t0,
-                shared_counter=share, results=results)
+                shared_counter=share, w4_bound=bounds, results=results)
     db.kb.write_result(path, data, args.out)
     print("wrote", path)
 

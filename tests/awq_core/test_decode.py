@@ -75,13 +75,13 @@ def test_graphable_cache():
     assert not graphable_cache(None)
 
 
-def load_benchmark():
+def load_benchmark(script: str = "decode"):
     import importlib.util
     import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "decode.py"
-    spec = importlib.util.spec_from_file_location("decode_benchmark", path)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"{script}_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -100,3 +100,19 @@ def test_benchmark_harness_decodes_what_generate_decodes(batch):
     assert torch.equal(tokens, expected)
     again, _, _ = harness.run(9)  # the cache is reset in place: the same step replays
     assert torch.equal(again, expected) and harness.step.step.replays == (9 - 2) + (9 - 1), "no second capture"
+
+
+def test_profile_bounds_drop_the_named_ops_and_still_compile_as_one_graph():
+    """decode_profile.py --bound: the W4 model without its norms and activation (timings only) traces whole."""
+    decode_profile = load_benchmark("decode_profile")
+    model, _ = quantized_pair("llama")
+    fuse_linears(model)
+    decode_profile.drop_for_bound(model, ["norms", "activation"])
+    layer = model.model.layers[0]
+    assert isinstance(layer.input_layernorm, torch.nn.Identity) and isinstance(layer.post_attention_layernorm, torch.nn.Identity)
+    x = torch.randn(1, 3, model.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(layer.mlp(x), layer.mlp.down_proj(layer.mlp.gate_proj(x)))
+        ids = prompt(batch=1, length=5)
+        compiled = torch.compile(model, fullgraph=True)  # a graph break would raise here
+        assert torch.allclose(compiled(ids).logits, model(ids).logits, atol=1e-4)
