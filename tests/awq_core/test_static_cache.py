@@ -3,13 +3,10 @@ import torch
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
-from awq_core.decode import graphable_cache
+from awq_core.decode import GraphedDecodeStep, graphable_cache
 from awq_core.static_cache import SharedCounterLayer, counter_shared, share_position_counter
 from quantized_tiny import quantized_pair
-
-
-def prompt(batch=2, length=10, seed=0):
-    return torch.randint(0, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
+from test_decode import prompt
 
 
 @torch.no_grad()
@@ -63,8 +60,6 @@ def test_share_is_idempotent_and_refuses_layers_at_different_positions():
 
 
 def test_decode_steps_switch_the_cache_to_one_counter():
-    from awq_core.decode import GraphedDecodeStep
-
     model, _ = quantized_pair("llama")
     cache, first = prefilled(model, prompt())
     step = GraphedDecodeStep(model)  # on the CPU: eager steps through the static buffers
