@@ -20,7 +20,9 @@ linears stay single custom-op calls (`triton_kernels.ops`); they read the repack
 eager prefill built. A compile failure falls back to the eager forward and says why.
 
 `enable_fast_decode` also switches a model on SDPA attention to `awq_core.attention`, whose kernel
-reads only the filled slots of the static cache and splits them over many programs.
+reads only the filled slots of the static cache and splits them over many programs, and the decoder
+layers of a W4 model with fused q/k/v and gate/up to `awq_core.fused_decoder`, whose one-token steps
+run their norms, activation and residual adds inside the products.
 
 Only caches whose layers are all plain `StaticLayer`s are graphed: sliding-window static layers keep
 their position in a Python integer, which a replay would not advance. Anything else (another cache,
@@ -38,6 +40,7 @@ import torch.nn as nn
 from transformers.cache_utils import Cache, StaticLayer
 
 from .attention import use_decode_attention
+from .fused_decoder import fuse_decoder_layers
 from .static_cache import SharedCounterLayer, share_position_counter
 
 
@@ -206,13 +209,17 @@ class GraphedDecodeStep:
 
 def enable_fast_decode(
     model: nn.Module, use_graphs: bool = True, compile: bool = False, compile_backend: str | Callable = "inductor",
-    attention: bool = True,
+    attention: bool = True, fused_decoder: bool = True,
 ) -> GraphedDecodeStep:
     """Make `model.generate()` decode with a static KV cache and, on CUDA, CUDA-graph replay; with
     `compile`, of the torch.compile'd forward; with `attention`, one-token steps attend through the
-    split-slot decode kernel (`awq_core.attention`, for models on SDPA)."""
+    split-slot decode kernel (`awq_core.attention`, for models on SDPA); with `fused_decoder`, the decoder
+    layers that `awq_core.fused_decoder` supports run one-token steps with their norms, activation and
+    residual adds inside the W4 products (a no-op for other models)."""
     if attention:
         use_decode_attention(model)
+    if fused_decoder:
+        fuse_decoder_layers(model)
     step = GraphedDecodeStep(model, use_graphs, compile, compile_backend)
     model.generation_config.cache_implementation = "static"
     # transformers calls get_compiled_call for decode steps when the cache is static and the model is on a

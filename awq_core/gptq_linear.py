@@ -9,10 +9,12 @@ in that order on every call: one cheap index_select instead of a second kernel f
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 import triton_kernels
-from triton_kernels import PreparedWeight
+from triton_kernels import LinearFusion, PreparedWeight
 
 from awq_core.gptq_packing import check_gptq_bits, pack_gptq, packed_shapes_gptq, unpack_gptq
 from awq_core.packing import AWQ_BITS, PACK_NUM, pack_awq_gemm
@@ -105,14 +107,16 @@ class GPTQLinear(WQLinear):
         self._prepared = (key, prepared, order)
         return prepared, order
 
-    def _triton_matmul(self, x: torch.Tensor, mode: KernelMode) -> torch.Tensor:
+    def _triton_matmul(self, x: torch.Tensor, mode: KernelMode, fusion: LinearFusion | None = None) -> torch.Tensor:
         if torch.compiler.is_compiling() and self._compiled_prepared(x) is not None:
             order = self._prepared[2]  # built by an eager call (see WQLinear._compiled_prepared)
         else:
             order = self._prepare(x.dtype)[1]
         if order is not None:
             x = x.index_select(-1, order.to(x.device))  # (..., in) columns in group order
-        return super()._triton_matmul(x, mode)  # reads the same cached PreparedWeight
+            if fusion is not None and fusion.norm_weight is not None:  # the norm's weight in the same order
+                fusion = replace(fusion, norm_weight=fusion.norm_weight.index_select(0, order.to(x.device)))
+        return super()._triton_matmul(x, mode, fusion)  # reads the same cached PreparedWeight
 
     def extra_repr(self) -> str:
         return (

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import triton_kernels
-from triton_kernels import KernelChoice, PreparedWeight
+from triton_kernels import KernelChoice, LinearFusion, PreparedWeight
+from triton_kernels.fusion import reference_fusion
 from triton_kernels.dispatch import MIN_CAPABILITY
 from triton_kernels.ops import device_capability
 from triton_kernels.prepare import SLAB_K
@@ -203,35 +204,45 @@ class WQLinear(nn.Module):
         self._prepared = (key, prepared)
         return prepared
 
-    def _triton_matmul(self, x: torch.Tensor, mode: KernelMode) -> torch.Tensor:
+    def _triton_matmul(self, x: torch.Tensor, mode: KernelMode, fusion: LinearFusion | None = None) -> torch.Tensor:
         compiled = self._compiled_prepared(x) if torch.compiler.is_compiling() else None
         weight = compiled if compiled is not None else self.prepared_weight(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         choice = FORCED_CHOICE.get(mode)  # None: dispatch on M
         if choice is KernelChoice.GEMV and x.numel() // self.in_features > GEMV_MAX_ROWS:
+            if fusion is not None:  # the ops around the row chunks' products, as PyTorch ops
+                return reference_fusion(x, lambda normed: self._triton_matmul(normed, mode), fusion)
             rows = x.reshape(-1, self.in_features)  # (M, in)
             parts = [triton_kernels.w4a16_linear(r, weight, bias, choice) for r in rows.split(GEMV_MAX_ROWS)]
             return torch.cat(parts).reshape(*x.shape[:-1], self.out_features)
-        return triton_kernels.w4a16_linear(x, weight, bias, choice)
+        return triton_kernels.w4a16_linear(x, weight, bias, choice, fusion)
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor, fusion: LinearFusion | None = None) -> torch.Tensor:
         mode = self.kernel
         if mode is KernelMode.TORCH:
-            return self._torch_matmul(x)
+            return self._torch_matmul(x) if fusion is None else reference_fusion(x, self._torch_matmul, fusion)
         if torch.compiler.is_compiling() and self._compiled_prepared(x) is not None:
-            return self._triton_matmul(x, mode)  # an eager call already chose the kernels and built the repack
+            return self._triton_matmul(x, mode, fusion)  # an eager call already chose the kernels and built the repack
         if mode is KernelMode.AUTO:
-            return self._triton_matmul(x, mode) if self._triton_available(x) else self._torch_matmul(x)
+            if self._triton_available(x):
+                return self._triton_matmul(x, mode, fusion)
+            return self._torch_matmul(x) if fusion is None else reference_fusion(x, self._torch_matmul, fusion)
         # Forced GEMV / GEMM: a CUDA GPU, or Triton's CPU interpreter (the tests).
         assert x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1", (
             f"kernel={mode.value} on {x.device} needs a CUDA device or TRITON_INTERPRET=1; use 'auto' or 'torch'"
         )
         assert x.dtype in KERNEL_DTYPES, f"kernel={mode.value} takes fp16 or bf16 activations, got {x.dtype}"
         assert self._kernel_shape_ok(), f"kernel={mode.value}: group_size={self.group_size} is not a multiple of 16"
-        return self._triton_matmul(x, mode)
+        return self._triton_matmul(x, mode, fusion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._matmul(x)  # (..., in) -> (..., out)
+
+    def fused_forward(self, x: torch.Tensor, fusion: LinearFusion) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The product with the ops of `fusion` around it (`triton_kernels/fusion.py`): an RMSNorm of x before,
+        silu(gate) * up and a residual after; (..., in) -> (..., out, or out / 2 with glu), and with the fusion's
+        `scaled_output_weight` also the output times that weight."""
+        return self._matmul(x, fusion)
 
     def extra_repr(self) -> str:
         return (

@@ -277,7 +277,10 @@ class AutoQuantForCausalLM:
             the small per-layer ops; the first decode of each batch size compiles, about half a minute
             for a 7B model); "graphs": the eager step. False: transformers' default decoding. With
             "sdpa" attention, one-token decode steps then attend through our split-slot kernel
-            (`awq_core.attention`; the model's attn_implementation reads "awqflow_decode").
+            (`awq_core.attention`; the model's attn_implementation reads "awqflow_decode"). With
+            `fuse_layers` as well, Llama, Mistral and Qwen2 decoder layers run one-token steps with
+            their RMSNorms, silu(gate) * up and residual adds inside the W4 products
+            (`awq_core.fused_decoder`).
         attn_implementation: transformers' attention backend ("sdpa", "eager", ...).
         """
         from awq_core.checkpoint import load_quantized

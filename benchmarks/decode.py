@@ -6,7 +6,10 @@
 A Llama-2-7B-shaped model with random weights is built on the GPU in fp16 (no CPU-side init) and
 timed; then its linears (all but lm_head) are RTN-quantized on the GPU to 4 bits, group 128, packed
 as `WQLinear`, and timed again. Both models fuse q/k/v and gate/up (`awq_core.fused_linear`); fp16
-is also timed unfused at batch 1, as transformers runs it.
+is also timed unfused at batch 1, as transformers runs it. The W4 model's decoder layers run one-token
+steps with their norms, activation and residual adds inside the products (`awq_core.fused_decoder`, as
+`enable_fast_decode` sets up); the forced-kernel rows at batch 1 (GEMV, GEMM) run the model's own layers,
+so they compare the kernels alone, and the GEMV row is the W4 step without the fused layers.
 
 The harness, for each batch size: prefill a random prompt into a static KV cache (time to first
 token), then decode greedily, one token per step, each step replayed as a CUDA graph
@@ -43,6 +46,7 @@ import kernels as kb  # noqa: E402  (benchmarks/kernels.py: the copy-bandwidth p
 from awq_core.attention import ATTENTION, use_decode_attention  # noqa: E402
 from awq_core.checkpoint import replace_linears  # noqa: E402
 from awq_core.decode import GraphedDecodeStep, enable_fast_decode  # noqa: E402
+from awq_core.fused_decoder import fuse_decoder_layers, unfuse_decoder_layers  # noqa: E402
 from awq_core.fused_linear import fuse_linears  # noqa: E402
 from awq_core.qlinear import WQLinear, set_kernel  # noqa: E402
 from awq_core.quantizer import quantize  # noqa: E402
@@ -254,7 +258,8 @@ def generate_check(model: nn.Module, prompt: int, new_tokens: int, compile: bool
 
     _, dynamic_rate = timed()
     cache_implementation = model.generation_config.cache_implementation
-    step = enable_fast_decode(model, compile=compile, attention=model.config._attn_implementation == ATTENTION)
+    step = enable_fast_decode(model, compile=compile, attention=model.config._attn_implementation == ATTENTION,
+                              fused_decoder=False)  # the model's layers as the caller set them
     try:
         _, static_rate = timed(disable_compile=True)  # static cache, decode steps not handed to our step
         _, fast_rate = timed()
@@ -293,6 +298,8 @@ def main() -> None:
     parser.add_argument("--attention", choices=("kernel", "sdpa"), default="kernel",
                         help="kernel: one-token steps attend through awq_core.attention's split-slot kernel (every "
                              "model); sdpa: transformers' SDPA throughout")
+    parser.add_argument("--no-fused-layers", dest="fused_layers", action="store_false",
+                        help="the W4 model runs its own decoder layers (awq_core.fused_decoder not applied)")
     parser.add_argument("--tag", default="", help="suffix of the result file name")
     parser.add_argument("--out", type=Path, help="also write the result file here")
     args = parser.parse_args()
@@ -347,11 +354,15 @@ def main() -> None:
     n_layers = sum(isinstance(m, WQLinear) for m in model.modules())
     result["quantize_seconds"], result["w4_layers"] = seconds, n_layers
     print(f"quantized {n_layers} (fused) linears to W4 g{GROUP_SIZE} in {seconds:.1f} s", flush=True)
+    result["w4_fused_decoder_layers"] = fuse_decoder_layers(model) if args.fused_layers else 0
     w4_rows = measure_batches("w4", "auto")
+    unfuse_decoder_layers(model)  # the kernels alone, in the model's own layers
     for kernel in ("gemv", "gemm") if device.type == "cuda" else ():  # single-query latency at M = 1
         set_kernel(model, kernel)
-        record(measure(model, "w4", kernel, 1, args, bandwidth, use_graphs)[0])
+        record(measure(model, "w4-own-layers", kernel, 1, args, bandwidth, use_graphs)[0])
     set_kernel(model, "auto")
+    if args.fused_layers:
+        fuse_decoder_layers(model)
 
     result["checks"]["w4_generate_batch1"] = generate_check(model, args.prompt, GENERATE_TOKENS, args.compile)
     print(f"generate() at batch 1: {result['checks']['w4_generate_batch1']}", flush=True)

@@ -3,7 +3,9 @@
     python benchmarks/decode_profile.py [--out DIR]   # -> benchmarks/results/decode_profile_<gpu>.json
 
 The model and harness of `decode.py` (Llama-2-7B shape, random weights, fused q/k/v and gate/up,
-static cache, the torch.compile'd step replayed as a CUDA graph). After the warm-up, `--steps`
+static cache, the torch.compile'd step replayed as a CUDA graph). W4 is profiled twice: in the model's
+own decoder layers ("w4-own-layers") and with the layers whose norms, activation and residual adds run
+inside the products ("w4", `awq_core.fused_decoder`, as `decode.py` times it). After the warm-up, `--steps`
 decode steps (after an unprofiled prefill) run under torch.profiler; every CUDA kernel is put in
 one kind by its name (table `KINDS`) and its time summed. Per step: the time between CUDA events
 around the loop, the kernels' sum by kind, and the rest (idle: gaps between kernels, where the GPU
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decode as db  # noqa: E402  (benchmarks/decode.py: model, quantization and harness)
 
 from awq_core.attention import use_decode_attention  # noqa: E402
+from awq_core.fused_decoder import fuse_decoder_layers  # noqa: E402
 from awq_core.fused_linear import fuse_linears  # noqa: E402
 from triton_kernels import configs  # noqa: E402
 
@@ -129,7 +132,12 @@ def main() -> None:
     bounds = [b for b in args.bound.split(",") if b]
     assert all(b in BOUNDS for b in bounds), f"--bound takes {BOUNDS}, got {bounds}"
     drop_for_bound(model, bounds)
-    results.append(profile_step(model, "w4", args.steps, args.prompt, share))
+    if bounds:  # the bounds drop ops from the model's own layers
+        results.append(profile_step(model, "w4", args.steps, args.prompt, share))
+    else:
+        results.append(profile_step(model, "w4-own-layers", args.steps, args.prompt, share))
+        fuse_decoder_layers(model)
+        results.append(profile_step(model, "w4", args.steps, args.prompt, share))
     for result in results:
         print(f"{result['model']}: step {result['step_us']:.0f} us (under the profiler), kernels "
               f"{result['kernels_us_per_step']:.0f} us, idle {result['idle_us_per_step']:.0f} us, "

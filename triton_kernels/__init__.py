@@ -1,11 +1,13 @@
 """Fused dequantize-matmul Triton kernels and their dispatch, and decode attention. Knows nothing about models."""
 from .dispatch import DISPATCH_TABLE, KernelChoice, select_kernel
+from .fusion import LinearFusion
 from .ops import decode_attention, w4a16_linear
 from .prepare import PreparedWeight, dequantize_prepared, prepare
 
 __all__ = [
     "DISPATCH_TABLE",
     "KernelChoice",
+    "LinearFusion",
     "PreparedWeight",
     "decode_attention",
     "dequantize_prepared",

@@ -42,6 +42,13 @@ class GemvConfig:
     k_slices: int = 1
     # > 0: cap on registers per thread (Triton's `maxnreg`); 0 leaves it to the compiler
     max_registers: int = 0
+    # Fused ops (`fusion.py`): the RMSNorm's 1 / rms and the residual are loaded before the block loop
+    # (True) or in the epilogue, by the program that writes the tile (False). On a 7B layer's four fused
+    # products the two differed by 0.1-0.3 us either way on the H100, within the runs' spread
+    # (results/fused_products_<gpu>.json)
+    fusion_loads_first: bool = True
+    # Elements of x's row per load while summing its squares for the RMSNorm (a power of two)
+    rms_chunk: int = 512
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The public entries, each registered as a torch custom op: `w4a16_linear` (`awqflow::w4a16_linear`)
-and `decode_attention` (`awqflow::decode_attention`).
+"""The public entries, each registered as a torch custom op: `w4a16_linear` (`awqflow::w4a16_linear`, and
+`awqflow::w4a16_linear_fused` when it takes in the ops around it, see `fusion.py`) and `decode_attention`
+(`awqflow::decode_attention`).
 
 Being a custom op with a fake (meta) implementation, it traces under `torch.compile` without graph
 breaks and replays inside CUDA graphs. The kernel choice ("auto": `dispatch.select_kernel`) is made
@@ -18,6 +19,7 @@ from . import configs
 from .decode_attention import decode_attention as _decode_attention
 from .dequant import dequant_matmul
 from .dispatch import KernelChoice, select_kernel
+from .fusion import LinearFusion, reference_fusion
 from .gemm import gemm
 from .gemm_swapped import gemm_swapped
 from .gemv import gemv
@@ -80,6 +82,24 @@ def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, ker
     return gemm(x, weight, bias, configs.gemm_config(name, n, k, m, sms))
 
 
+def _choice(x: torch.Tensor, weight: PreparedWeight, kernel: str) -> KernelChoice:
+    if kernel == AUTO:
+        return select_kernel(x.shape[0], weight.out_features, weight.in_features, device_capability(x.device),
+                             device_name(x.device))  # fmt: skip
+    return KernelChoice(kernel)
+
+
+def _run_fused(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, kernel: KernelChoice,
+               fusion: LinearFusion) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) -> (M, N or N / 2) with the ops of `fusion` around the product: in the GEMV's epilogue, as
+    separate PyTorch ops around the other kernels; with a scaled output, (y, y times its weight)."""
+    if kernel is KernelChoice.GEMV:
+        name, sms = _kernel_target(x.device, "kernel gemv")
+        return gemv(x, weight, bias, configs.gemv_config(name, weight.out_features, weight.in_features, x.shape[0],
+                                                         sms), fusion)  # fmt: skip
+    return reference_fusion(x, lambda normed: _run(normed, weight, bias, kernel), fusion)
+
+
 @torch.library.custom_op("awqflow::w4a16_linear", mutates_args=())
 def _w4a16_linear_op(
     x: torch.Tensor,
@@ -92,12 +112,7 @@ def _w4a16_linear_op(
     kernel: str,
 ) -> torch.Tensor:
     weight = PreparedWeight(qweight, zeros, scales, group_size, in_features, qweight.shape[1])
-    if kernel == AUTO:
-        choice = select_kernel(x.shape[0], weight.out_features, in_features, device_capability(x.device),
-                               device_name(x.device))  # fmt: skip
-    else:
-        choice = KernelChoice(kernel)
-    return _run(x, weight, bias, choice)
+    return _run(x, weight, bias, _choice(x, weight, kernel))
 
 
 @_w4a16_linear_op.register_fake
@@ -105,13 +120,46 @@ def _(x, qweight, zeros, scales, bias, group_size, in_features, kernel):
     return x.new_empty((x.shape[0], qweight.shape[1]))
 
 
+@torch.library.custom_op("awqflow::w4a16_linear_fused", mutates_args=())
+def _w4a16_linear_fused_op(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    zeros: torch.Tensor,
+    scales: torch.Tensor,
+    bias: torch.Tensor | None,
+    group_size: int,
+    in_features: int,
+    kernel: str,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    glu: bool,
+    residual: torch.Tensor | None,
+    rms_of: torch.Tensor | None,
+    scaled_output_weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = PreparedWeight(qweight, zeros, scales, group_size, in_features, qweight.shape[1])
+    fusion = LinearFusion(norm_weight, eps, glu, residual, rms_of, scaled_output_weight)
+    out = _run_fused(x, weight, bias, _choice(x, weight, kernel), fusion)
+    return out if isinstance(out, tuple) else (out, out.new_empty(0))  # (y, its scaled copy or nothing)
+
+
+@_w4a16_linear_fused_op.register_fake
+def _(x, qweight, zeros, scales, bias, group_size, in_features, kernel, norm_weight, eps, glu, residual, rms_of,
+      scaled_output_weight):
+    y = x.new_empty((x.shape[0], qweight.shape[1] // 2 if glu else qweight.shape[1]))
+    return y, (torch.empty_like(y) if scaled_output_weight is not None else x.new_empty(0))
+
+
 def w4a16_linear(
     x: torch.Tensor,
     weight: PreparedWeight,
     bias: torch.Tensor | None = None,
     kernel: KernelChoice | None = None,
+    fusion: LinearFusion | None = None,
 ) -> torch.Tensor:
-    """y (..., N) = x (..., K) @ dequantised weight (K, N) [+ bias]. `kernel` None: `select_kernel` decides."""
+    """y (..., N) = x (..., K) @ dequantised weight (K, N) [+ bias]. `kernel` None: `select_kernel` decides.
+    `fusion`: the RMSNorm before, silu(gate) * up and the residual after it (`fusion.py`); its residual
+    has y's leading shape, its `rms_of` x's. With its `scaled_output_weight`: (y, y times that weight)."""
     assert x.shape[-1] == weight.in_features, f"x has K={x.shape[-1]}, weight expects {weight.in_features}"
     assert x.dtype == weight.dtype, f"x dtype {x.dtype} != weight dtype {weight.dtype}"
     assert x.device == weight.device, f"x on {x.device}, weight on {weight.device}"
@@ -119,13 +167,33 @@ def w4a16_linear(
     x2 = x.reshape(-1, weight.in_features)  # (M, K)
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) != weight.in_features):
         x2 = x2.contiguous()
+    name = AUTO if kernel is None else kernel.value
+    if fusion is None:
+        if x2.shape[0] == 0:
+            return x.new_empty((*lead, weight.out_features))
+        y = torch.ops.awqflow.w4a16_linear(
+            x2, weight.qweight, weight.zeros, weight.scales, bias, weight.group_size, weight.in_features, name,
+        )
+        return y.reshape(*lead, weight.out_features)
+    n_out = fusion.out_features(weight.out_features)
     if x2.shape[0] == 0:
-        return x.new_empty((*lead, weight.out_features))
-    y = torch.ops.awqflow.w4a16_linear(
-        x2, weight.qweight, weight.zeros, weight.scales, bias, weight.group_size, weight.in_features,
-        AUTO if kernel is None else kernel.value,
+        empty = x.new_empty((*lead, n_out))
+        return empty if fusion.scaled_output_weight is None else (empty, empty.clone())
+    for vector in (fusion.norm_weight, fusion.scaled_output_weight):
+        assert vector is None or vector.dtype == x.dtype, f"a norm weight in {vector.dtype}, x in {x.dtype}"
+    residual, rms_of = fusion.residual, fusion.rms_of
+    if residual is not None:
+        assert residual.shape == (*lead, n_out), f"residual of shape {tuple(residual.shape)}, y is {(*lead, n_out)}"
+        residual = residual.reshape(-1, n_out).contiguous()  # (M, N out)
+    if rms_of is not None:
+        assert rms_of.shape == x.shape, f"rms_of of shape {tuple(rms_of.shape)}, x is {tuple(x.shape)}"
+        rms_of = rms_of.reshape(-1, weight.in_features).contiguous()  # (M, K)
+    y, scaled = torch.ops.awqflow.w4a16_linear_fused(
+        x2, weight.qweight, weight.zeros, weight.scales, bias, weight.group_size, weight.in_features, name,
+        fusion.norm_weight, fusion.eps, fusion.glu, residual, rms_of, fusion.scaled_output_weight,
     )
-    return y.reshape(*lead, weight.out_features)
+    y = y.reshape(*lead, n_out)
+    return y if fusion.scaled_output_weight is None else (y, scaled.reshape(*lead, n_out))
 
 
 @torch.library.custom_op("awqflow::decode_attention", mutates_args=())

@@ -25,29 +25,55 @@ MERGE_UNROLL = tl.constexpr(4)  # partials the last program has in flight at onc
 
 
 @triton.jit
+def publish(acc, ws_ptr, pid_k, M, N, offs_m, offs_n, mask):
+    """Write this split's (BM, BN) float32 `acc` of output rows `offs_m` (BM, 1) and columns `offs_n` (1, BN),
+    where `mask` holds, to its slice of the (split_k, M, N) workspace."""
+    tl.store(ws_ptr + pid_k * M * N + offs_m * N + offs_n, acc, mask=mask)
+
+
+@triton.jit
+def arrive(count_ptr, tile):
+    """Count this program in on the tile's counter, after its partials are published: the number of
+    programs that arrived before it (the last one sees split_k - 1)."""
+    tl.debug_barrier()  # every thread's partial is written before the counter says so
+    return tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")  # release our partials, acquire the others'
+
+
+@triton.jit
+def gather(ws_ptr, split_k, M, N, offs_m, offs_n, mask, total):
+    """`total` (zeros, (BM, BN) float32) plus every split's partial where `mask` holds, in split order
+    (0, 1, ...), whoever finished first."""
+    for s0 in range(0, split_k, MERGE_UNROLL):
+        # MERGE_UNROLL partials loaded before any is added: one L2 round trip for each MERGE_UNROLL
+        # splits, not one a split. .cg reads from L2, where the other programs' writes are, never
+        # from a stale L1 line. Splits past split_k read as 0.0, which adds nothing (the split test as
+        # a tensor: Triton's CPU interpreter rejects a scalar & tensor mask).
+        parts = ()
+        for d in tl.static_range(MERGE_UNROLL):
+            in_range = mask & (offs_n * 0 + s0 + d < split_k)
+            parts = parts + (tl.load(ws_ptr + (s0 + d) * M * N + offs_m * N + offs_n, mask=in_range, other=0.0,
+                                     cache_modifier=".cg"),)
+        for d in tl.static_range(MERGE_UNROLL):
+            total += parts[d]
+    return total
+
+
+@triton.jit
+def release(count_ptr, tile):
+    """Reset the tile's counter for the next launch (by its last program, after gathering)."""
+    tl.atomic_xchg(count_ptr + tile, 0)
+
+
+@triton.jit
 def store_partial(acc, y_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, M, N, offs_m, offs_n, stride_ym):
     """Write this split's (BM, BN) float32 `acc` of output rows `offs_m` (BM, 1) and columns `offs_n`
     (1, BN); the last of the tile's `split_k` programs to arrive sums all splits and writes y."""
     mask = (offs_m < M) & (offs_n < N)
-    tl.store(ws_ptr + pid_k * M * N + offs_m * N + offs_n, acc, mask=mask)
-    tl.debug_barrier()  # every thread's partial is written before the counter says so
-    arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel")  # release our partial, acquire the others'
-    if arrived == split_k - 1:
-        total = tl.zeros(acc.shape, dtype=tl.float32)
-        for s0 in range(0, split_k, MERGE_UNROLL):
-            # MERGE_UNROLL partials loaded before any is added: one L2 round trip for each MERGE_UNROLL
-            # splits, not one a split. .cg reads from L2, where the other programs' writes are, never
-            # from a stale L1 line. Splits past split_k read as 0.0, which adds nothing (the split test as
-            # a tensor: Triton's CPU interpreter rejects a scalar & tensor mask).
-            parts = ()
-            for d in tl.static_range(MERGE_UNROLL):
-                in_range = mask & (offs_n * 0 + s0 + d < split_k)
-                parts = parts + (tl.load(ws_ptr + (s0 + d) * M * N + offs_m * N + offs_n, mask=in_range, other=0.0,
-                                         cache_modifier=".cg"),)
-            for d in tl.static_range(MERGE_UNROLL):
-                total += parts[d]  # split order, whoever finished first
+    publish(acc, ws_ptr, pid_k, M, N, offs_m, offs_n, mask)
+    if arrive(count_ptr, tile) == split_k - 1:
+        total = gather(ws_ptr, split_k, M, N, offs_m, offs_n, mask, tl.zeros_like(acc))
         tl.store(y_ptr + offs_m * stride_ym + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(count_ptr + tile, 0)  # ready for the next launch
+        release(count_ptr, tile)
 
 
 _counters: dict[torch.device, torch.Tensor] = {}  # per device: MAX_TILES int32, zero between launches
@@ -64,11 +90,12 @@ def arrival_counters(device: torch.device) -> torch.Tensor:
     return counters
 
 
-def split_buffers(m: int, n: int, x: torch.Tensor, split_k: int, tiles: int,
-                  dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output (M, N) in `dtype` (default x's), float32 workspace (split_k, M, N), arrival counters)."""
+def split_buffers(m: int, n: int, x: torch.Tensor, split_k: int, tiles: int, dtype: torch.dtype | None = None,
+                  out_features: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output (M, out_features) in `dtype` (defaults: N, x's dtype), float32 workspace (split_k, M, N) of the
+    products' partial sums, arrival counters)."""
     assert tiles <= MAX_TILES, f"{tiles} output tiles exceed the {MAX_TILES} arrival counters: use larger tiles"
-    y = torch.empty((m, n), device=x.device, dtype=dtype or x.dtype)
+    y = torch.empty((m, out_features or n), device=x.device, dtype=dtype or x.dtype)
     if split_k == 1:
         return y, y, y  # unused: a single split stores its tile directly
     workspace = torch.empty((split_k, m, n), device=x.device, dtype=torch.float32)

@@ -173,3 +173,78 @@ def test_split_k_partial_sums_all_land():
     x_tail[:, :384] = 0  # only the last split's rows remain
     y_tail = gemv(x_tail, w, None, GemvConfig(block_n=32, split_k=4, num_warps=4, num_stages=1, max_m=1))
     _check(y_tail, layer, x_tail, None, 1, 32)
+
+
+def _fusion_reference(x, layer, bias, fusion):
+    """float64: RMSNorm, the product, silu(gate) * up, the residual, as separate steps (`fusion.py`'s order)."""
+    x64 = x.double().cpu()
+    if fusion.norm_weight is not None:
+        x64 = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + fusion.eps) * fusion.norm_weight.double().cpu()
+    y = reference_matmul(x64, layer, bias)
+    if fusion.glu:
+        gate, up = y.chunk(2, dim=-1)
+        y = torch.nn.functional.silu(gate) * up
+    return y + fusion.residual.double().cpu() if fusion.residual is not None else y
+
+
+@pytest.mark.parametrize("norm,glu,residual", [(True, False, False), (False, True, False), (False, False, True),
+                                               (True, True, True)])
+@pytest.mark.parametrize("m,split_k,k,n,group,block_n,subtiles,with_bias,half2",
+                         [(1, 1, 256, 64, 128, 32, 1, False, True), (3, 2, 160, 80, 32, 32, 2, True, False),
+                          (1, 3, 384, 48, 128, 64, 1, True, True)])
+@pytest.mark.parametrize("loads_first,rms_chunk", [(False, 128), (True, 512)])
+def test_gemv_fusions(norm, glu, residual, m, split_k, k, n, group, block_n, subtiles, with_bias, half2, loads_first,
+                      rms_chunk):
+    """RMSNorm before, silu(gate) * up and a residual after the product, in the GEMV's epilogue, against the
+    float64 steps one by one. N = 80 with glu is 40 outputs, ragged in 16-column halves; N = 48 with glu gives
+    24 outputs in 32-column halves, so the gate half's last tile reaches into the up columns' range and must
+    neither read nor write there; split-K sums before the epilogue. (half2: the packed-fp16 products on a GPU,
+    where the norm's weight multiplies x in fp16 before the pairs are packed; the float32 path elsewhere.
+    loads_first: the epilogue's 1 / rms and residual read before the block loop; chunks of 128 sum the squares
+    of K = 160, 256 and 384 in 2 or 3 loads, one of them ragged.)"""
+    from triton_kernels.fusion import LinearFusion
+
+    dtype = torch.float16
+    layer, x, bias = _inputs(m, k, n, group, dtype, seed=7 * m + n, with_bias=with_bias)
+    gen = torch.Generator().manual_seed(k + n)
+    n_out = n // 2 if glu else n
+    fusion = LinearFusion(
+        norm_weight=(torch.rand(k, generator=gen) + 0.5).to(dtype).to(DEVICE) if norm else None,
+        eps=1e-5, glu=glu,
+        residual=torch.randn((m, n_out), generator=gen).to(dtype).to(DEVICE) if residual else None,
+    )
+    x = x * 3.0  # an RMS far from 1, so a missing 1 / rms shows
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    cfg = GemvConfig(block_n=block_n, split_k=split_k, num_warps=4, num_stages=1, max_m=4, subtiles=subtiles,
+                     half2=half2, fusion_loads_first=loads_first, rms_chunk=rms_chunk)
+    y = gemv(x, w, bias, cfg, fusion)
+    assert y.shape == (m, n_out)
+    assert torch.isfinite(y).all(), "output has NaN/inf (unwritten or overflowed elements)"
+    ref = _fusion_reference(x, layer, bias, fusion)
+    err = relative_error(y, ref)
+    assert err < RTOL, f"relative error {err:.2e} >= {RTOL}"
+
+
+@pytest.mark.parametrize("split_k,loads_first", [(1, False), (2, True)])
+def test_gemv_norm_split_over_two_products(split_k, loads_first):
+    """The producer adds the residual and also writes its output times the next norm's weight; the consumer reads
+    that as x and multiplies its sums by 1 / rms of the producer's output: RMSNorm(h) @ B without x * w in its loop."""
+    from triton_kernels.fusion import LinearFusion
+
+    dtype, k, n = torch.float16, 256, 96
+    a, x, _ = _inputs(1, k, k, 128, dtype, seed=11)
+    b, _, _ = _inputs(1, k, n, 128, dtype, seed=12)
+    gen = torch.Generator().manual_seed(13)
+    residual = (3 * torch.randn((1, k), generator=gen)).to(dtype).to(DEVICE)
+    weight = (torch.rand(k, generator=gen) + 0.5).to(dtype).to(DEVICE)
+    cfg = GemvConfig(block_n=32, split_k=split_k, num_warps=4, num_stages=1, max_m=4, subtiles=2, half2=True,
+                     fusion_loads_first=loads_first, rms_chunk=128)
+    wa, wb = (prepare(l.qweight, l.qzeros, l.scales, l.group_size) for l in (a, b))
+    h, scaled = gemv(x, wa, None, cfg, LinearFusion(residual=residual, scaled_output_weight=weight))
+    h_ref = reference_matmul(x, a) + residual.double().cpu()
+    assert relative_error(h, h_ref) < RTOL
+    torch.testing.assert_close(scaled, h * weight, rtol=0, atol=0)  # the rounded output times the weight, in fp16
+    y = gemv(scaled, wb, None, cfg, LinearFusion(rms_of=h, eps=1e-5, glu=True))
+    ref = _fusion_reference(h, b, None, LinearFusion(norm_weight=weight, eps=1e-5, glu=True))
+    assert y.shape == (1, n // 2)
+    assert relative_error(y, ref) < RTOL
