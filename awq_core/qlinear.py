@@ -163,6 +163,10 @@ class WQLinear(nn.Module):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
+    def _torch_path(self, x: torch.Tensor, fusion: LinearFusion | None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The reference product, with the fusion's ops around it as PyTorch ops."""
+        return self._torch_matmul(x) if fusion is None else reference_fusion(x, self._torch_matmul, fusion)
+
     def _kernel_shape_ok(self) -> bool:
         """The fused kernels read 16-row slabs of K: every group must hold whole slabs."""
         return self.group_size % SLAB_K == 0
@@ -220,13 +224,11 @@ class WQLinear(nn.Module):
     def _matmul(self, x: torch.Tensor, fusion: LinearFusion | None = None) -> torch.Tensor:
         mode = self.kernel
         if mode is KernelMode.TORCH:
-            return self._torch_matmul(x) if fusion is None else reference_fusion(x, self._torch_matmul, fusion)
+            return self._torch_path(x, fusion)
         if torch.compiler.is_compiling() and self._compiled_prepared(x) is not None:
             return self._triton_matmul(x, mode, fusion)  # an eager call already chose the kernels and built the repack
         if mode is KernelMode.AUTO:
-            if self._triton_available(x):
-                return self._triton_matmul(x, mode, fusion)
-            return self._torch_matmul(x) if fusion is None else reference_fusion(x, self._torch_matmul, fusion)
+            return self._triton_matmul(x, mode, fusion) if self._triton_available(x) else self._torch_path(x, fusion)
         # Forced GEMV / GEMM: a CUDA GPU, or Triton's CPU interpreter (the tests).
         assert x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1", (
             f"kernel={mode.value} on {x.device} needs a CUDA device or TRITON_INTERPRET=1; use 'auto' or 'torch'"

@@ -50,8 +50,7 @@ class LinearFusion:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm as Llama-family models compute it: in float32, rounded to x's dtype, times the weight."""
-    xf = x.float()
-    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    normed = x.float() * inverse_rms(x, eps)
     return weight * normed.to(x.dtype)
 
 

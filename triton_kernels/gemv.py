@@ -267,12 +267,9 @@ def gemv_kernel(
     cols1 = col1 + tl.arange(0, SUB)[None, :]
     in0 = (offs_m < M) & (cols0 < end0)
     in1 = (offs_m < M) & (cols1 < N)
-    r = tl.zeros((BLOCK_M, 1), dtype=tl.float32)
-    res0 = tl.zeros((BLOCK_M, SUB), dtype=tl.float32)
-    res1 = res0
-    if FUSION_LOADS_FIRST:
-        r, res0, res1 = _fusion_loads(h_ptr, res_ptr, offs_m, cols0, cols1, in0, in1, M, K, stride_hm, stride_rm, eps,
-                                      BLOCK_M, RMS_CHUNK, RMS, RESIDUAL, GLU, SUBTILES)
+    r, res0, res1 = _fusion_loads(h_ptr, res_ptr, offs_m, cols0, cols1, in0, in1, M, K, stride_hm, stride_rm, eps,
+                                  BLOCK_M, RMS_CHUNK, RMS and FUSION_LOADS_FIRST, RESIDUAL and FUSION_LOADS_FIRST,
+                                  GLU, SUBTILES)  # zeros for what the epilogue reads itself
     if LOOP_STAGES > 0:
         for b in tl.range(b_start, b_end, STEP * K_SLICES, num_stages=LOOP_STAGES):
             acc0, acc1, nxt0, nxt1 = _step(
