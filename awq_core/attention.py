@@ -19,12 +19,15 @@ import os
 import torch
 import torch.nn as nn
 from transformers import AttentionInterface
+from transformers.cache_utils import StaticLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import triton_kernels
 from triton_kernels.dispatch import MIN_CAPABILITY
 from triton_kernels.ops import device_capability
+
+from .static_cache import advance_position
 
 ATTENTION = "awqflow_decode"  # the attn_implementation name the model is switched to
 # Extra keyword arguments some models pass whose meaning the kernel does not implement (any not None).
@@ -73,6 +76,32 @@ def decode_attention_forward(
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     mask = attention_mask[:, :, -1:, :] if attention_mask is not None else None  # (B, 1, 1, S)
     return triton_kernels.decode_attention(query, key, value, mask, scale), None
+
+
+def new_token_fits(module: nn.Module, query: torch.Tensor, key: torch.Tensor, layer: StaticLayer,
+                   mask: torch.Tensor | None, cos: torch.Tensor, kwargs: dict) -> bool:
+    """Whether `decode_attention_new_token` can run this one-token step: the model on `ATTENTION`, the
+    kernel fitting the static cache layer's tensors, and a rotary embedding over whole heads."""
+    batch, _, _, head_dim = query.shape
+    return (
+        module.config._attn_implementation == ATTENTION
+        and kernel_fits(query, layer.keys, layer.values, mask, 0.0, kwargs)
+        and layer.keys.shape[0] == batch and key.shape == (batch, layer.keys.shape[1], 1, head_dim)
+        and cos.shape == (batch, 1, head_dim) and cos.dtype == query.dtype
+    )  # fmt: skip
+
+
+def decode_attention_new_token(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: StaticLayer,
+                               mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                               scaling: float) -> torch.Tensor:
+    """A one-token step's rotary embedding, cache update and attention in one kernel (`NewToken` in
+    `triton_kernels/decode_attention.py`): query (B, H, 1, D) and key (B, H_kv, 1, D) before the rotary
+    embedding, value (B, H_kv, 1, D) -> (B, 1, H, D). The layer's position moves on as its `update`'s would."""
+    mask = mask[:, :, -1:, :] if mask is not None else None  # (B, 1, 1, S)
+    new = triton_kernels.NewToken(key, value, layer.cumulative_length, cos, sin)
+    out = triton_kernels.decode_attention(query, layer.keys, layer.values, mask, scaling, new=new)
+    advance_position(layer, 1)
+    return out
 
 
 def register() -> None:

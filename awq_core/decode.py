@@ -22,7 +22,8 @@ eager prefill built. A compile failure falls back to the eager forward and says 
 `enable_fast_decode` also switches a model on SDPA attention to `awq_core.attention`, whose kernel
 reads only the filled slots of the static cache and splits them over many programs, and the decoder
 layers of a W4 model with fused q/k/v and gate/up to `awq_core.fused_decoder`, whose one-token steps
-run their norms, activation and residual adds inside the products.
+run their norms, activation and residual adds inside the products and, with that attention on a static
+cache, their rotary embedding and cache write inside the attention kernel.
 
 Only caches whose layers are all plain `StaticLayer`s are graphed: sliding-window static layers keep
 their position in a Python integer, which a replay would not advance. Anything else (another cache,
@@ -215,7 +216,8 @@ def enable_fast_decode(
     `compile`, of the torch.compile'd forward; with `attention`, one-token steps attend through the
     split-slot decode kernel (`awq_core.attention`, for models on SDPA); with `fused_decoder`, the decoder
     layers that `awq_core.fused_decoder` supports run one-token steps with their norms, activation and
-    residual adds inside the W4 products (a no-op for other models)."""
+    residual adds inside the W4 products, and their rotary embedding and cache write inside the decode
+    attention kernel (a no-op for other models)."""
     if attention:
         use_decode_attention(model)
     if fused_decoder:

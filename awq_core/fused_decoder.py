@@ -6,7 +6,9 @@ launches (benchmarks/README.md, the decode profile). The GEMV can do them on the
 (`triton_kernels/fusion.py`), so for one-token steps the layer runs:
 
     qkv = RMSNorm(h) @ Wqkv              the norm inside the qkv product
-    rotary, cache update, attention      the model's own functions, as in its attention's forward
+    rotary, cache update, attention      one kernel on a static cache with our decode attention
+                                         (`attention.decode_attention_new_token`), else the model's own
+                                         functions, as in its attention's forward
     h   = attn @ Wo + h, and h * w       the residual add in the o product's epilogue, which also writes h
                                          times the next norm's weight
     g   = silu * up(RMSNorm(h) @ Wgu)    the gate/up product reads h * w and multiplies by 1 / rms(h); it
@@ -30,8 +32,10 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from triton_kernels import LinearFusion
 
+from .attention import decode_attention_new_token, new_token_fits
 from .fused_linear import FusedLinear, LinearShard
 from .qlinear import WQLinear
+from .static_cache import static_layer
 
 # Tokens per step (batch x query length) up to which layers take the fused path: M=1 runs the GEMV on every
 # shape (triton_kernels.dispatch); from M=2 some shapes take the tensor-core GEMM, around which the fused ops
@@ -93,6 +97,20 @@ def _norm_fusion(norm: nn.Module) -> LinearFusion:
     return LinearFusion(norm_weight=norm.weight, eps=norm.variance_epsilon)
 
 
+def _model_attention(layer: nn.Module, q, k, v, attention_mask, past_key_values, cos, sin, kwargs) -> torch.Tensor:
+    """The rotary embedding, cache update and attention function of the layer's own attention (B, T, H, D)."""
+    attn = layer.self_attn
+    model_code = sys.modules[type(attn).__module__]  # the functions the model's own attention calls
+    q, k = model_code.apply_rotary_pos_emb(q, k, cos, sin)
+    if past_key_values is not None:
+        k, v = past_key_values.update(k, v, attn.layer_idx)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
+                                                      model_code.eager_attention_forward)
+    extra = layer.layer_code.attention_kwargs(attn)
+    out, _ = attention(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling, **extra, **kwargs)
+    return out
+
+
 def fused_decode_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
                          past_key_values, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                          **kwargs) -> torch.Tensor:
@@ -104,15 +122,12 @@ def fused_decode_forward(layer: nn.Module, hidden_states: torch.Tensor, attentio
     qkv = qkv_linear.linear.fused_forward(hidden_states, _norm_fusion(layer.input_layernorm))  # (B, T, q + k + v)
     heads = (*lead, -1, attn.head_dim)
     q, k, v = (t.view(heads).transpose(1, 2) for t in qkv.split(qkv_linear.sizes, dim=-1))  # (B, H, T, D)
-    model_code = sys.modules[type(attn).__module__]  # the functions the model's own attention calls
     cos, sin = position_embeddings
-    q, k = model_code.apply_rotary_pos_emb(q, k, cos, sin)
-    if past_key_values is not None:
-        k, v = past_key_values.update(k, v, attn.layer_idx)
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
-                                                      model_code.eager_attention_forward)
-    extra = layer.layer_code.attention_kwargs(attn)
-    out, _ = attention(attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling, **extra, **kwargs)
+    cache_layer = static_layer(past_key_values, attn.layer_idx)
+    if cache_layer is not None and new_token_fits(attn, q, k, cache_layer, attention_mask, cos, kwargs):
+        out = decode_attention_new_token(q, k, v, cache_layer, attention_mask, cos, sin, attn.scaling)  # (B, T, H, D)
+    else:
+        out = _model_attention(layer, q, k, v, attention_mask, past_key_values, cos, sin, kwargs)
     out = out.reshape(*lead, -1).contiguous()  # (B, T, H * D)
     norm = layer.post_attention_layernorm
     hidden_states, scaled = attn.o_proj.fused_forward(

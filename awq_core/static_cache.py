@@ -33,11 +33,27 @@ class SharedCounterLayer(StaticLayer):
         assert self.is_initialized, "a layer shares its counter only after its cache was filled once"
         kv_length = key_states.shape[-2]
         cache_position = torch.arange(kv_length, device=self.device) + self.cumulative_length  # (new,)
-        if self.advances:
-            self.cumulative_length.add_(kv_length)
+        advance_position(self, kv_length)
         self.keys.index_copy_(2, cache_position, key_states)
         self.values.index_copy_(2, cache_position, value_states)
         return self.keys, self.values
+
+
+def advance_position(layer: StaticLayer, tokens: int) -> None:
+    """Move `layer`'s position counter on by `tokens`, as its `update` does: every plain StaticLayer
+    moves its own; of the layers sharing one counter, only the one that `advances`."""
+    if type(layer) is StaticLayer or layer.advances:
+        layer.cumulative_length.add_(tokens)
+
+
+def static_layer(cache: Cache | None, index: int) -> StaticLayer | None:
+    """Layer `index` of `cache` if it is an initialized static layer with its position on the device (a
+    caller may then write its keys and values at that position and `advance_position`), else None."""
+    layers = getattr(cache, "layers", None)
+    if not isinstance(cache, Cache) or layers is None or index >= len(layers):
+        return None
+    layer = layers[index]
+    return layer if type(layer) in (StaticLayer, SharedCounterLayer) and layer.is_initialized else None
 
 
 def counter_shared(cache: Cache) -> bool:

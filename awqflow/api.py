@@ -279,7 +279,8 @@ class AutoQuantForCausalLM:
             "sdpa" attention, one-token decode steps then attend through our split-slot kernel
             (`awq_core.attention`; the model's attn_implementation reads "awqflow_decode"). With
             `fuse_layers` as well, Llama, Mistral and Qwen2 decoder layers run one-token steps with
-            their RMSNorms, silu(gate) * up and residual adds inside the W4 products
+            their RMSNorms, silu(gate) * up and residual adds inside the W4 products, and their
+            rotary embedding and cache write inside the decode attention kernel
             (`awq_core.fused_decoder`).
         attn_implementation: transformers' attention backend ("sdpa", "eager", ...).
         """

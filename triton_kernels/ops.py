@@ -1,6 +1,7 @@
 """The public entries, each registered as a torch custom op: `w4a16_linear` (`awqflow::w4a16_linear`, and
 `awqflow::w4a16_linear_fused` when it takes in the ops around it, see `fusion.py`) and `decode_attention`
-(`awqflow::decode_attention`).
+(`awqflow::decode_attention`, and `awqflow::decode_attention_new_token` when it also writes the step's
+token into the cache).
 
 Being a custom op with a fake (meta) implementation, it traces under `torch.compile` without graph
 breaks and replays inside CUDA graphs. The kernel choice ("auto": `dispatch.select_kernel`) is made
@@ -16,6 +17,7 @@ import os
 import torch
 
 from . import configs
+from .decode_attention import NewToken
 from .decode_attention import decode_attention as _decode_attention
 from .dequant import dequant_matmul
 from .dispatch import KernelChoice, select_kernel
@@ -208,9 +210,29 @@ def _(q, k, v, mask, scale):
     return q.new_empty((q.shape[0], 1, q.shape[1], q.shape[3]))
 
 
+@torch.library.custom_op("awqflow::decode_attention_new_token", mutates_args=("k", "v"))
+def _decode_attention_new_token_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+    new_k: torch.Tensor, new_v: torch.Tensor, slot: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+) -> torch.Tensor:
+    new = NewToken(new_k, new_v, slot, cos, sin)
+    return _decode_attention(q, k, v, mask, scale, sms=_kernel_target(q.device, "decode attention")[1], new=new)
+
+
+@_decode_attention_new_token_op.register_fake
+def _(q, k, v, mask, scale, new_k, new_v, slot, cos, sin):
+    return q.new_empty((q.shape[0], 1, q.shape[1], q.shape[3]))
+
+
 def decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+    new: NewToken | None = None,
 ) -> torch.Tensor:
     """One query token per sequence: q (B, H, 1, D), k and v (B, H_kv, S, D), mask None or bool
-    (B or 1, 1, 1, S) -> (B, 1, H, D). See `decode_attention.py`."""
-    return torch.ops.awqflow.decode_attention(q, k, v, mask, scale)
+    (B or 1, 1, 1, S) -> (B, 1, H, D). With `new`, the step's own token is rotated, written into k and v
+    at its slot and attended to (`awqflow::decode_attention_new_token`, which mutates k and v). See
+    `decode_attention.py`."""
+    if new is None:
+        return torch.ops.awqflow.decode_attention(q, k, v, mask, scale)
+    return torch.ops.awqflow.decode_attention_new_token(q, k, v, mask, scale, new.k, new.v, new.slot, new.cos,
+                                                        new.sin)  # fmt: skip

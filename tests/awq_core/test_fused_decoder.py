@@ -3,11 +3,13 @@ the same one-token steps as the model's own layers, on the PyTorch path and thro
 import pytest
 import torch
 import torch._dynamo
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
+from awq_core.attention import use_decode_attention
 from awq_core.fused_decoder import FusedDecoderLayer, fuse_decoder_layers, unfuse_decoder_layers, why_not_fusable
 from awq_core.fused_linear import fuse_linears
 from awq_core.qlinear import set_kernel
+from awq_core.static_cache import share_position_counter
 from quantized_tiny import quantized_pair
 from test_decode import greedy, prompt, route_decode_steps_on_cpu
 
@@ -24,10 +26,12 @@ def fused_model(kind: str, dtype=torch.float32, kernel: str | None = None):
 
 
 @torch.no_grad()
-def decode_logits(model, input_ids, steps=4):
+def decode_logits(model, input_ids, steps=4, cache=None, after_prefill=None):
     """Prefill, then `steps` one-token steps fed the greedy tokens: the logits of every step, (steps, vocab)."""
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if cache is None else cache
     out = model(input_ids, past_key_values=cache, use_cache=True)
+    if after_prefill is not None:
+        after_prefill(cache)
     logits = []
     for _ in range(steps):
         token = out.logits[:, -1:].argmax(-1)  # (1, 1)
@@ -118,3 +122,87 @@ def test_fused_decode_step_traces_as_one_graph():
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     ops = [str(n.target) for g in explanation.graphs for n in g.graph.nodes if n.op == "call_function"]
     assert sum("w4a16_linear_fused" in op for op in ops) == 4 * model.config.num_hidden_layers
+
+
+@needs_interpreter
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("shared_counter", [False, True])
+def test_static_cache_steps_run_rotary_and_cache_write_in_the_attention_kernel(kind, shared_counter, monkeypatch):
+    """On a static cache with our decode attention, a fused layer's rotary embedding, cache write and
+    attention are one kernel call: the same logits, cache contents and positions as the model's own layers."""
+    import awq_core.fused_decoder as fused_decoder
+
+    model = fused_model(kind, torch.float16, kernel="gemv")
+    assert use_decode_attention(model)
+    x = prompt(batch=1, length=6)
+    after_prefill = share_position_counter if shared_counter else None
+
+    def run():
+        cache = StaticCache(config=model.config, max_cache_len=16)
+        return decode_logits(model, x, steps=3, cache=cache, after_prefill=after_prefill), cache
+
+    before, cache_before = run()
+    fuse_decoder_layers(model)
+    calls = []
+    original = fused_decoder.decode_attention_new_token
+    monkeypatch.setattr(fused_decoder, "decode_attention_new_token", lambda *a: calls.append(1) or original(*a))
+    after, cache_after = run()
+    assert len(calls) == 3 * model.config.num_hidden_layers, "every layer of every step took the kernel"
+    torch.testing.assert_close(after, before, rtol=2e-2, atol=2e-2)
+    for layer_before, layer_after in zip(cache_before.layers, cache_after.layers):
+        assert int(layer_after.cumulative_length) == int(layer_before.cumulative_length) == x.shape[1] + 3
+        torch.testing.assert_close(layer_after.keys, layer_before.keys, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(layer_after.values, layer_before.values, rtol=2e-2, atol=2e-2)
+        assert not layer_after.keys[:, :, x.shape[1] + 3 :].any(), "nothing written past the last token"
+
+
+@needs_interpreter
+def test_caches_the_kernel_cannot_write_keep_the_models_own_attention(monkeypatch):
+    """A dynamic cache (no fixed slots) or SDPA attention: the model's rotary, update and attention."""
+    import awq_core.fused_decoder as fused_decoder
+
+    model = fused_model("llama", torch.float16, kernel="gemv")
+    fuse_decoder_layers(model)
+    calls = []
+    monkeypatch.setattr(fused_decoder, "decode_attention_new_token", lambda *a: calls.append(1))
+    x = prompt(batch=1, length=4)
+    decode_logits(model, x, steps=1, cache=StaticCache(config=model.config, max_cache_len=8))  # on SDPA
+    use_decode_attention(model)
+    decode_logits(model, x, steps=1)  # a DynamicCache
+    assert calls == []
+
+
+@needs_interpreter
+def test_static_cache_step_compiles_as_one_graph_with_the_cache_written_in_place():
+    """Under torch.compile the kernel's op mutates the cache tensors themselves (no index_copy_ left in
+    the graph), and the compiled step gives the eager step's logits, cache and positions."""
+    model = fused_model("llama", torch.float16, kernel="gemv")
+    use_decode_attention(model)
+    fuse_decoder_layers(model)
+    x = prompt(batch=1, length=4)
+
+    @torch.no_grad()
+    def step(forward):
+        token, cache = step_inputs(model, x)
+        return forward(token, past_key_values=cache, use_cache=True, cache_position=torch.tensor([4])), cache
+
+    eager, eager_cache = step(model)
+    explanation, _ = step(torch._dynamo.explain(model))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    ops = [str(n.target) for g in explanation.graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert sum("decode_attention_new_token" in op for op in ops) == model.config.num_hidden_layers
+    assert not any("index_copy" in op for op in ops)
+    torch._dynamo.reset()
+    compiled, compiled_cache = step(torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False))
+    torch.testing.assert_close(compiled.logits, eager.logits, rtol=0, atol=0)
+    for ours, theirs in zip(compiled_cache.layers, eager_cache.layers):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        assert int(ours.cumulative_length) == int(theirs.cumulative_length) == 5
+
+
+@torch.no_grad()
+def step_inputs(model, x):
+    """A prefilled static cache and the next token (1, 1): the arguments of a one-token step."""
+    cache = StaticCache(config=model.config, max_cache_len=8)
+    token = model(x, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    return token, cache
