@@ -38,11 +38,11 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from transformers.cache_utils import Cache, StaticLayer
+from transformers.cache_utils import Cache
 
 from .attention import use_decode_attention
 from .fused_decoder import fuse_decoder_layers
-from .static_cache import SharedCounterLayer, share_position_counter
+from .static_cache import is_device_static, share_position_counter
 
 
 def _tensor_leaves(value: Any, prefix: str) -> list[tuple[str, torch.Tensor]] | None:
@@ -78,7 +78,7 @@ def graphable_cache(cache: Any) -> bool:
     layers = getattr(cache, "layers", None)
     return (
         isinstance(cache, Cache) and bool(layers)
-        and all(type(layer) in (StaticLayer, SharedCounterLayer) and layer.is_initialized for layer in layers)
+        and all(is_device_static(layer) for layer in layers)
     )  # fmt: skip
 
 

@@ -46,14 +46,19 @@ def advance_position(layer: StaticLayer, tokens: int) -> None:
         layer.cumulative_length.add_(tokens)
 
 
+def is_device_static(layer) -> bool:
+    """An initialized plain or counter-sharing StaticLayer: its keys, values and position all live in
+    device tensors at fixed addresses (sliding-window layers keep their position in Python)."""
+    return type(layer) in (StaticLayer, SharedCounterLayer) and layer.is_initialized
+
+
 def static_layer(cache: Cache | None, index: int) -> StaticLayer | None:
-    """Layer `index` of `cache` if it is an initialized static layer with its position on the device (a
-    caller may then write its keys and values at that position and `advance_position`), else None."""
-    layers = getattr(cache, "layers", None)
-    if not isinstance(cache, Cache) or layers is None or index >= len(layers):
+    """Layer `index` of `cache` if `is_device_static` (a caller may then write its keys and values at its
+    position and `advance_position`), else None."""
+    if not isinstance(cache, Cache) or index >= len(cache.layers):
         return None
-    layer = layers[index]
-    return layer if type(layer) in (StaticLayer, SharedCounterLayer) and layer.is_initialized else None
+    layer = cache.layers[index]
+    return layer if is_device_static(layer) else None
 
 
 def counter_shared(cache: Cache) -> bool:

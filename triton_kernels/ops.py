@@ -205,9 +205,13 @@ def _decode_attention_op(
     return _decode_attention(q, k, v, mask, scale, sms=_kernel_target(q.device, "decode attention")[1])
 
 
+def _attention_output_like(q: torch.Tensor) -> torch.Tensor:
+    return q.new_empty((q.shape[0], 1, q.shape[1], q.shape[3]))  # (B, 1, H, D) from q (B, H, 1, D)
+
+
 @_decode_attention_op.register_fake
 def _(q, k, v, mask, scale):
-    return q.new_empty((q.shape[0], 1, q.shape[1], q.shape[3]))
+    return _attention_output_like(q)
 
 
 @torch.library.custom_op("awqflow::decode_attention_new_token", mutates_args=("k", "v"))
@@ -221,7 +225,7 @@ def _decode_attention_new_token_op(
 
 @_decode_attention_new_token_op.register_fake
 def _(q, k, v, mask, scale, new_k, new_v, slot, cos, sin):
-    return q.new_empty((q.shape[0], 1, q.shape[1], q.shape[3]))
+    return _attention_output_like(q)
 
 
 def decode_attention(
