@@ -90,6 +90,11 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemm_swapped_wide": lambda x, w, b: gemm_swapped(
             x, w, b, GemmConfig(block_m=128, block_n=128, split_k=1, num_warps=8, num_stages=4)),
         "gemm_swapped_m16": lambda x, w, b: gemm_swapped(x, w, b, GemmConfig(block_m=16, block_n=64, split_k=3)),
+        # The scale inside the weight operand (`GemmConfig.scale_operand`), on the large-M tiles too.
+        "gemm_swapped_scaled": lambda x, w, b: gemm_swapped(
+            x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2, scale_operand=True)),
+        "gemm_swapped_scaled_wide": lambda x, w, b: gemm_swapped(
+            x, w, b, GemmConfig(block_m=64, block_n=256, split_k=1, num_warps=8, num_stages=3, scale_operand=True)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
@@ -315,8 +320,17 @@ GEMM_TILES = ((64, 4), (128, 8), (256, 8))
 # the small-M GEMM is not short of weight tiles in flight.
 GEMM_STAGES = (3,)
 # Weight-as-first-operand GEMM tiles: (block_n, num_warps), 64 weight columns a warpgroup; block_m follows M.
+# 256 columns on 8 warps (128 a warpgroup) lost every comparison it was in, scaled or not, on 70b_up_gate at
+# M = 16..1024 (e.g. M=256: 429.5 against 260.3 us for 128 columns; results/autotune_<gpu>_scaled_explore.json)
 GEMM_SWAPPED_TILES = ((64, 4), (128, 8))
 GEMM_SWAPPED_STAGES = (3, 4)
+# From 128-row M tiles on, 3 stages only: 4 never won there by more than the runs' spread (70b_up_gate
+# M=256, 1024) and the (128, block_m) activation stages take most of the shared memory
+WIDE_M_STAGES = (3,)
+# Where the group's scale enters (`GemmConfig.scale_operand`): both are tried at every M
+SCALE_OPERAND = (False, True)
+# The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
+SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
 
 
@@ -350,19 +364,23 @@ def gemm_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
 
 
 def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
-    """M is the MMA's N side here (8..256), so a tile may cover M up to 256 rows."""
+    """M is the MMA's N side here (8..256), so a tile covers up to 256 rows of M; from M = 512 on, tiles of
+    128 and 256 rows."""
     blocks = -(-k // 128)
+    bucket = configs.bucket_m(m)
+    block_ms = {min(max(16, bucket), 256), min(max(16, bucket // 2), 256)} | ({128} if bucket >= 512 else set())
     out = []
-    for block_m in sorted({min(max(16, configs.bucket_m(m)), 256), min(max(16, configs.bucket_m(m) // 2), 256)}):
+    for block_m in sorted(block_ms):
         for block_n, warps in GEMM_SWAPPED_TILES:
             if block_m * block_n // (32 * warps) > 128:
                 continue  # the float32 accumulator alone would take over 128 registers a thread
             tiles = -(-m // block_m) * -(-n // block_n)
             for split in (1, 2, 4, 8):
                 if split <= blocks // 2 and (split == 1 or tiles * split <= SMS * 8):
-                    for stages in GEMM_SWAPPED_STAGES:
-                        out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps,
-                                              num_stages=stages))
+                    for stages in GEMM_SWAPPED_STAGES if block_m <= 64 else WIDE_M_STAGES:
+                        for scale_operand in SCALE_OPERAND:
+                            out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps,
+                                                  num_stages=stages, scale_operand=scale_operand))
     return out
 
 
@@ -392,7 +410,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
             for kind, cands, fn, tuned in (
                 ("gemv", gemv_candidates(m, n, k) if m <= GEMV_MAX_M else [], gemv, "gemv" in kinds),
                 ("gemm", gemm_candidates(m, n, k) if m <= 256 else [], gemm, "gemm" in kinds),
-                ("gemm_swapped", gemm_swapped_candidates(m, n, k) if 2 <= m <= 256 else [], gemm_swapped,
+                ("gemm_swapped", gemm_swapped_candidates(m, n, k) if 2 <= m <= SWAPPED_MAX_M else [], gemm_swapped,
                  "gemm_swapped" in kinds),
             ):
                 entry = entries.get(configs.config_key(kind, n, k, m))
@@ -472,7 +490,7 @@ def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
                 # The dispatched kernel, plus the alternatives where the choice is close: GEMV vs GEMM up
                 # to the GEMV's largest M (M = 1 is the single-query question), GEMM vs dequant+cuBLAS from M = 64.
                 alternatives = {KernelChoice.GEMV: m <= GEMV_MAX_M, KernelChoice.GEMM: m <= GEMV_MAX_M or m >= 64,
-                                KernelChoice.GEMM_SWAPPED: 2 <= m <= 256, KernelChoice.DEQUANT_CUBLAS: m >= 64}
+                                KernelChoice.GEMM_SWAPPED: 2 <= m <= SWAPPED_MAX_M, KernelChoice.DEQUANT_CUBLAS: m >= 64}
                 wanted = kernel is choice or alternatives[kernel]
                 if not wanted:
                     continue

@@ -3,7 +3,9 @@
     python benchmarks/kernels_summary.py   # -> prints a markdown table, writes results/kernels_summary_<gpu>.json
 
 Sources, in order of preference for each (shape, M):
-- `kernels_<gpu>_flat_m2.json` (all seven shapes at M=2, after the swapped GEMM's M=2 tuning moved three
+- `kernels_<gpu>_scaled.json` (all seven shapes at M = 128, 256, 1024, after the swapped GEMM's scale moved
+  into its weight operand where that measured faster, with its 256-row tiles and retune), then
+  `kernels_<gpu>_flat_m2.json` (all seven shapes at M=2, after the swapped GEMM's M=2 tuning moved three
   shapes' dispatch to it), `kernels_<gpu>_flat_m1_checked.json` (M=1, the (column, 16 words) GEMV tile
   and its retune, with the device check in the run) and `kernels_<gpu>_flat.json` (M = 1, 2, the same
   kernels before the M=2 dispatch change), then
@@ -36,7 +38,8 @@ from triton_kernels.dispatch import select_kernel  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 GPU = "NVIDIA H100 80GB HBM3"
 CAPABILITY = (9, 0)
-CURRENT = ("current_7b", "current_70b", "half2", "swapped", "swapped_joined", "flat", "flat_m1_checked", "flat_m2")  # benchmark runs of the shipped kernels, oldest first
+CURRENT = ("current_7b", "current_70b", "half2", "swapped", "swapped_joined", "flat", "flat_m1_checked", "flat_m2",
+           "scaled")  # benchmark runs of the shipped kernels, oldest first
 
 
 def _load(name: str) -> dict:

@@ -58,6 +58,10 @@ class GemmConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
+    # Swapped GEMM only (`gemm_swapped.py`): the group's scale multiplies the weight operand (one fp16
+    # multiply a weight pair) and the MMA accumulates in place (True), or multiplies each block's float32
+    # product, a (BLOCK_N, BLOCK_M) multiply-add a block (False): the second grows with BLOCK_M
+    scale_operand: bool = False
 
 
 def bucket_m(m: int) -> int:
@@ -148,15 +152,26 @@ def default_gemm(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
     return GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=warps, num_stages=3)
 
 
+# The fallback swapped GEMM from this M on: 256-row M tiles over 128 weight columns (8 warps), the scale
+# inside the weight operand. On the H100 that tile won all seven shapes at M=1024 (the next best tile took
+# 17-31% longer) and two at M=256 (70b_up_gate 256.4 against 329.1 us), and stayed within 4% on two more
+# (results/autotune_<gpu>_scaled.json); below it, activations fill too few of its 256 rows.
+WIDE_SWAPPED_M = 256
+
+
 def default_gemm_swapped(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
     """The weight-as-first-operand GEMM (`gemm_swapped.py`): M is the MMA's N side, one tile up to M = 128;
-    64 columns a warpgroup; split K only while the tiles alone leave multiprocessors idle."""
-    block_m = min(max(16, bucket_m(m)), 128)
-    block_n = 64 if m <= 64 else 128
+    64 columns a warpgroup; split K only while the tiles alone leave multiprocessors idle. From
+    WIDE_SWAPPED_M on, the wide scaled tile."""
+    if m >= WIDE_SWAPPED_M:
+        block_m, block_n, scale_operand = 256, 128, True
+    else:
+        block_m, block_n, scale_operand = min(max(16, bucket_m(m)), 128), (64 if m <= 64 else 128), False
     tiles = (-(-m // block_m)) * (-(-n // block_n))
     blocks = -(-k // 128)
     split_k = max(1, min(blocks // 4, (2 * sm_count) // max(tiles, 1)))
-    return GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=block_n // 16, num_stages=3)
+    return GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=block_n // 16, num_stages=3,
+                      scale_operand=scale_operand)
 
 
 def gemv_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemvConfig:

@@ -45,10 +45,12 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "one with the weight as the MMA's register operand (`gemm_swapped.py`: slabs dequantised in fp16 pairs, "
          "one depth-128 MMA a block) beat the GEMV, the x-first GEMM and dequant+cuBLAS on the H100 on all 49 "
          "(shape, M=4..256) pairs (12288x4096 M=4: 17.0 vs GEMM 24.3 vs GEMV 25.8 us; M=64: 26.9 vs 52.4 vs "
-         "dequant+cuBLAS 84.6; 28672x8192 M=64: 100.0 vs 223.3 vs 383.0; M=256: 334.0 vs 697.8 vs 409.4)"),
+         "dequant+cuBLAS 84.6; 28672x8192 M=64: 100.0 vs 223.3 vs 383.0; M=256, with the scale inside the weight "
+         "operand and 256-row tiles: 256.4 vs 674.1 vs 410.0)"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
-         "M>256: compute-bound; write the fp16 weight once and call cuBLAS (the fused kernels were not tuned "
-         "beyond M=256; at M=1024 dequant+cuBLAS ran at 0.74-0.77x fp16 cuBLAS's speed on the H100 benchmark shapes)"),
+         "M>256: compute-bound; write the fp16 weight once and call cuBLAS. At M=1024 it beat the best swapped "
+         "GEMM (256-row tiles, the scale inside the weight operand) on all seven benchmark shapes on the H100, by "
+         "1-14% (28672x8192: 856.6 vs 869.9 us; 22016x4096: 333.2 vs 380.7), at 0.74-0.78x fp16 cuBLAS"),
 )
 
 _notified = False

@@ -18,9 +18,17 @@ load and sends each slab through shared memory), and the zero point enters as a 
 Per 128-row block: its 16 words a column give 8 slabs (slab i = nibble i = K rows 16 i .. 16 i + 15,
 `prepare.py`), dequantised to exact q - z, in fp16 pairs where possible (`half2.slab_pairs`) or else
 in float32 (`nibbles.py`); the slabs are joined into one (BLOCK_N, 128) operand and multiplied in one
-`tl.dot` (`_join_slabs` says why). The scale multiplies the float32 product of each group once per
-column. Groups smaller than a block fall back to one depth-16 `tl.dot` per slab. The float32 path is
-pure `tl` and runs under `TRITON_INTERPRET=1`.
+`tl.dot` (`_join_slabs` says why). Where the group's scale goes is a config choice
+(`GemmConfig.scale_operand`, tuned per shape and M):
+- on the product (False): the scale multiplies the float32 product of each group once per column, a
+  (BLOCK_N, BLOCK_M) multiply-add per block, and Triton waits for each block's MMAs before it. Groups
+  smaller than a block fall back to one depth-16 `tl.dot` per slab. Cheapest at small M.
+- in the operand (True): each weight enters the MMA as (q - z) * s rounded once to fp16 / bf16 (one more
+  HMUL2 a pair, `half2.scaled_slab_pairs`), the value the dequantise kernel writes, and the dot
+  accumulates in place. Triton then keeps one block's MMAs in flight while the next block is
+  dequantised (a wait with one group pending in the IR), and needs fewer registers (sm_90, 128x64 tile:
+  196 against 230), so 256-row M tiles fit. Every group size takes one depth-128 dot.
+The float32 paths are pure `tl` and run under `TRITON_INTERPRET=1`.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ import triton.language as tl
 
 from .configs import GemmConfig
 from .gemm import _interpreter_bf16, _load_group, tile_ids, tiled_launch
-from .half2 import WEIGHT_SCALE, half2_runs, slab_pairs, zero_pairs
+from .half2 import WEIGHT_SCALE, half2_runs, scaled_slab_pairs, slab_pairs, zero_pairs
 from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
 from .prepare import PACK_K, PreparedWeight
 from .splitk import split_buffers, store_partial
@@ -83,6 +91,33 @@ def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mas
 
 
 @triton.jit
+def _scaled_slab(words, high, z_ptr, s_ptr, b, i: tl.constexpr, offs_n, mask_n, N, GROUP: tl.constexpr,
+                 dot_dtype: tl.constexpr):
+    """Slab i of block b as (q - z) * s of its own group, rounded once to the MMA's dtype."""
+    z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * i) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
+    return ((nibble_float(words, high, BASE_BITS, i) - zero_float(z, BASE_BITS, i)) * s).to(dot_dtype)  # (BN, 16)
+
+
+@triton.jit
+def _block_float_scaled(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n, N, K, stride_xm,
+                        GROUP: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr, EVEN_K: tl.constexpr):
+    """acc (BN, BM) plus the product of one 128-row block whose weights enter the MMA already scaled, (q - z) * s
+    rounded once to the MMA's dtype: one depth-128 `tl.dot` accumulating into acc, any group size."""
+    high = high_word(words)
+    w = _join_slabs(_scaled_slab(words, high, z_ptr, s_ptr, b, 0, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, z_ptr, s_ptr, b, 1, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, z_ptr, s_ptr, b, 2, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, z_ptr, s_ptr, b, 3, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, z_ptr, s_ptr, b, 4, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, z_ptr, s_ptr, b, 5, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, z_ptr, s_ptr, b, 6, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, z_ptr, s_ptr, b, 7, offs_n, mask_n, N, GROUP, dot_dtype),
+                    BLOCK_N)  # (BN, 128)
+    xt = _x_rows(x_ptr, b * 128, 128, offs_m, mask_m, K, stride_xm, EVEN_K).to(dot_dtype)  # (128, BM)
+    return tl.dot(w, xt, acc)
+
+
+@triton.jit
 def _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr):
     """Eight (BN, 16) slabs -> the (BN, 128) block, K row 16 i + j = slab i, column j.
 
@@ -95,20 +130,34 @@ def _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _half_pair(value):
+    """float32 (BN, 1) -> the fp16 pair (value, value) as int32 bits."""
+    bits = value.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return bits | (bits << 16)
+
+
+@triton.jit
 def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n, N, K, stride_xm,
-                 GROUP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
+                 GROUP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr, SCALE_OPERAND: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
-    (`half2.slab_pairs`) to (q - z) / 16, exact, and multiplied in one depth-128 `tl.dot`; the scale times
-    16 multiplies the float32 sum."""
+    (`half2.slab_pairs`) to (q - z) / 16, exact, and multiplied in one depth-128 `tl.dot`. The scale times 16
+    multiplies the float32 product, or (SCALE_OPERAND) the slabs, to fp16 (q - z) * s
+    (`half2.scaled_slab_pairs`, one HMUL2 more a pair), and the dot accumulates straight into acc."""
     z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
     s = s * PAIR_SCALE
     z64, z4 = zero_pairs(z)
-    zeros = tl.zeros_like(words)  # the zero-point pairs, shaped like the words they are read with
-    w0, w1, w2, w3, w4, w5, w6, w7 = slab_pairs(words, z64 + zeros, z4 + zeros)  # (BN, 16) each
+    zeros = tl.zeros_like(words)  # the pairs, shaped like the words they are read with
+    if SCALE_OPERAND:
+        w0, w1, w2, w3, w4, w5, w6, w7 = scaled_slab_pairs(words, z64 + zeros, z4 + zeros, _half_pair(s) + zeros)
+    else:
+        w0, w1, w2, w3, w4, w5, w6, w7 = slab_pairs(words, z64 + zeros, z4 + zeros)  # (BN, 16) each
     w = _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N)  # (BN, 128): K rows of the block in order
     xt = _x_rows(x_ptr, b * 128, 128, offs_m, mask_m, K, stride_xm, EVEN_K)  # (128, BM)
-    part = tl.dot(w, xt)  # one depth-128 product: its MMAs issue back to back, one wait a block
-    return acc + part * s
+    if SCALE_OPERAND:
+        acc = tl.dot(w, xt, acc)
+    else:
+        acc += tl.dot(w, xt) * s  # one depth-128 product: its MMAs issue back to back, one wait a block
+    return acc
 
 
 @triton.jit
@@ -117,7 +166,7 @@ def gemm_swapped_kernel(
     M, N, K, stride_xm, stride_ym, blocks_per_split, split_k,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr, HALF2: tl.constexpr,
-    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    SCALE_OPERAND: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid, pid_m, pid_n, pid_k = tile_ids(M, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]  # (BN, 1)
@@ -135,7 +184,10 @@ def gemm_swapped_kernel(
         words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j, mask=mask_n, other=0)  # (BN, 16)
         if HALF2:
             acc = _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
-                               N, K, stride_xm, GROUP, BLOCK_N, EVEN_K)
+                               N, K, stride_xm, GROUP, BLOCK_N, EVEN_K, SCALE_OPERAND)
+        elif SCALE_OPERAND:
+            acc = _block_float_scaled(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
+                                      N, K, stride_xm, GROUP, BLOCK_N, dot_dtype, EVEN_K)
         else:
             acc = _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
                                N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, dot_dtype, EVEN_K)
@@ -169,7 +221,7 @@ def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | N
         m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k,
         GROUP=weight.group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         HAS_BIAS=bias is not None, SPLIT=split_k > 1, DOT_F32=_interpreter_bf16(x),
-        HALF2=half2 is not False and use_half2(weight, x),
+        HALF2=half2 is not False and use_half2(weight, x), SCALE_OPERAND=config.scale_operand,
         EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

@@ -121,6 +121,36 @@ def pair_dot(q0, q1, q2, q3, x0, x1, x2, x3):
     )
 
 
+def _slab_pairs_asm(scaled: bool) -> str:
+    """PTX of `slab_pairs` (scaled: each pair then times the scale pair in $14, one HMUL2). With pack=2 each
+    argument fills two operands, one per word, and both words of a pair belong to one column: $8, $9 are
+    the words, $10 and $12 the first word's zero-point pairs, $14 its scale pair."""
+    lines = [
+        "prmt.b32 lo, $8, $9, 0x5410;", "prmt.b32 hi, $8, $9, 0x7632;",
+        "shr.u32 lo8, lo, 8;", "shr.u32 hi8, hi, 8;",
+    ]
+    for out, (src, mask, mult, zero) in enumerate(
+        (src, mask, mult, zero) for src in ("lo", "lo8", "hi", "hi8")
+        for mask, mult, zero in (("0x000f000f", "by16", "$10"), ("0x00f000f0", "by256", "$12"))
+    ):
+        lines.append(f"lop3.b32 t, {src}, {mask}, 0x64006400, 0xea;")
+        if scaled:
+            lines += [f"fma.rn.f16x2 t, t, {mult}, {zero};", f"mul.rn.f16x2 ${out}, t, $14;"]
+        else:
+            lines.append(f"fma.rn.f16x2 ${out}, t, {mult}, {zero};")
+    body = "\n        ".join(lines)
+    return f"""{{
+        .reg .b32 lo, hi, lo8, hi8, t, by16, by256;
+        mov.b32 by16, 0x2c002c00;
+        mov.b32 by256, 0x1c001c00;
+        {body}
+        }}"""
+
+
+SLAB_PAIRS_ASM = tl.constexpr(_slab_pairs_asm(scaled=False))
+SCALED_SLAB_PAIRS_ASM = tl.constexpr(_slab_pairs_asm(scaled=True))
+
+
 @triton.jit
 def slab_pairs(words, z64, z4):
     """Packed words (int32, two neighbouring elements a time) -> the 8 slabs of their 128-row block as fp16
@@ -132,33 +162,24 @@ def slab_pairs(words, z64, z4):
     and one HFMA2, exact as in `dequant_pairs`. 2 PRMT, 2 shifts, 8 LOP3 and 8 HFMA2 for 16 weights.
     `z64`, `z4` are `zero_pairs(z)`, one group (whole 128-row blocks) for all 8 slabs."""
     return tl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 lo, hi, lo8, hi8, t, by16, by256;
-        mov.b32 by16, 0x2c002c00;
-        mov.b32 by256, 0x1c001c00;
-        prmt.b32 lo, $8, $9, 0x5410;
-        prmt.b32 hi, $8, $9, 0x7632;
-        shr.u32 lo8, lo, 8;
-        shr.u32 hi8, hi, 8;
-        lop3.b32 t, lo, 0x000f000f, 0x64006400, 0xea;
-        fma.rn.f16x2 $0, t, by16, $10;
-        lop3.b32 t, lo, 0x00f000f0, 0x64006400, 0xea;
-        fma.rn.f16x2 $1, t, by256, $12;
-        lop3.b32 t, lo8, 0x000f000f, 0x64006400, 0xea;
-        fma.rn.f16x2 $2, t, by16, $10;
-        lop3.b32 t, lo8, 0x00f000f0, 0x64006400, 0xea;
-        fma.rn.f16x2 $3, t, by256, $12;
-        lop3.b32 t, hi, 0x000f000f, 0x64006400, 0xea;
-        fma.rn.f16x2 $4, t, by16, $10;
-        lop3.b32 t, hi, 0x00f000f0, 0x64006400, 0xea;
-        fma.rn.f16x2 $5, t, by256, $12;
-        lop3.b32 t, hi8, 0x000f000f, 0x64006400, 0xea;
-        fma.rn.f16x2 $6, t, by16, $10;
-        lop3.b32 t, hi8, 0x00f000f0, 0x64006400, 0xea;
-        fma.rn.f16x2 $7, t, by256, $12;
-        }""",
+        asm=SLAB_PAIRS_ASM,
         constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r",
         args=[words, z64, z4],
+        dtype=(tl.float16,) * 8,
+        is_pure=True,
+        pack=2,
+    )
+
+
+@triton.jit
+def scaled_slab_pairs(words, z64, z4, scale16):
+    """`slab_pairs` times the group's scale: the 8 slabs as fp16 (q - z) * s, one more HMUL2 a pair.
+    `scale16` holds the fp16 pair (16 s, 16 s) as int32; the exact (q - z) / 16 times 16 s is rounded once,
+    so each weight is the fp16 value a dequantise-then-multiply path gives (`dequant.py`)."""
+    return tl.inline_asm_elementwise(
+        asm=SCALED_SLAB_PAIRS_ASM,
+        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r",
+        args=[words, z64, z4, scale16],
         dtype=(tl.float16,) * 8,
         is_pure=True,
         pack=2,

@@ -61,15 +61,18 @@ def test_gpu_names_become_file_names():
     assert configs.table_path("NVIDIA H100 80GB HBM3").name == "NVIDIA_H100_80GB_HBM3.json"
 
 
-@pytest.mark.parametrize("m", [1, 3, 16, 100, 128, 300])
+@pytest.mark.parametrize("m", [1, 3, 16, 100, 128, 255, 256, 300, 1024])
 def test_swapped_gemm_default_config_fits_the_kernel(m):
     """Untuned shapes: one M tile up to 128 rows (at least 16, tl.dot's minimum), a warpgroup per 64 columns,
-    split K only where the tiles leave multiprocessors idle, never beyond a block a split."""
+    split K only where the tiles leave multiprocessors idle, never beyond a block a split; from
+    WIDE_SWAPPED_M on, 256-row tiles with the scale inside the operand."""
     from triton_kernels import configs
 
     for n, k in ((512, 1024), (12288, 4096), (4096, 11008)):
         c = configs.default_gemm_swapped(n, k, m, 132)
-        assert c.block_m == min(max(16, configs.bucket_m(m)), 128)
+        wide = m >= configs.WIDE_SWAPPED_M
+        assert c.block_m == (256 if wide else min(max(16, configs.bucket_m(m)), 128))
+        assert c.scale_operand == wide
         assert c.num_warps * 16 == c.block_n
         assert 1 <= c.split_k <= max(1, -(-k // 128) // 4)
 
@@ -84,4 +87,6 @@ def test_swapped_gemm_shipped_entries_are_found():
     assert configs.gemm_swapped_config(name, 28672, 8192, 60, 132) == configs.GemmConfig(**entry)  # same bucket
     assert select_kernel(64, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
     assert select_kernel(256, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
-    assert select_kernel(1024, 28672, 8192, H100, name) is KernelChoice.DEQUANT_CUBLAS  # beyond the tuned M
+    assert select_kernel(1024, 28672, 8192, H100, name) is KernelChoice.DEQUANT_CUBLAS  # measured faster there
+    wide = configs.gemm_swapped_config(name, 28672, 8192, 256, 132)
+    assert (wide.block_m, wide.block_n, wide.scale_operand) == (256, 128, True)  # the measured winner at M=256

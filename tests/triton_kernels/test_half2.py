@@ -158,14 +158,18 @@ def test_gemm_swapped_half2_only_where_it_can_run():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inline PTX needs a CUDA GPU")
 @pytest.mark.parametrize("m", [5, 16, 40, 100])
 @pytest.mark.parametrize("k,n,group", [(256, 64, 128), (640, 40, 128), (384, 192, -1), (1024, 128, 256)])
+@pytest.mark.parametrize("scale_operand", [False, True])
 @pytest.mark.parametrize("block_m,block_n,split_k,warps,stages",
-                         [(16, 64, 1, 4, 3), (32, 64, 2, 4, 4), (64, 128, 3, 8, 3), (128, 128, 1, 8, 3)])
-def test_half2_gemm_swapped(m, k, n, group, block_m, block_n, split_k, warps, stages):
+                         [(16, 64, 1, 4, 3), (32, 64, 2, 4, 4), (64, 128, 3, 8, 3), (128, 128, 1, 8, 3),
+                          (64, 256, 1, 8, 3)])
+def test_half2_gemm_swapped(m, k, n, group, block_m, block_n, split_k, warps, stages, scale_operand):
     """The fp16-pair slabs against the float64 reference over ragged M and N (40), ragged splits (640 rows:
-    5 blocks over 3 splits), one group over all of K (-1) and groups of two blocks; as close as the float32 path."""
+    5 blocks over 3 splits), one group over all of K (-1) and groups of two blocks; as close as the float32
+    path. With the scale inside the operand (`scaled_slab_pairs`) too."""
     layer, x, w = _layer(m, k, n, group, seed=m * 5 + k + n)
     assert swapped.use_half2(w, x)
-    config = GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=warps, num_stages=stages)
+    config = GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=warps, num_stages=stages,
+                        scale_operand=scale_operand)
     ref = reference_matmul(x, layer)
     y = swapped.gemm_swapped(x, w, None, config)
     err = relative_error(y, ref)
