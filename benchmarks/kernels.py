@@ -328,7 +328,7 @@ GEMM_SWAPPED_STAGES = (3, 4)
 # M=256, 1024) and the (128, block_m) activation stages take most of the shared memory
 WIDE_M_STAGES = (3,)
 # Where the group's scale enters (`GemmConfig.scale_operand`): both are tried at every M
-SCALE_OPERAND = (False, True)
+SCALE_PLACEMENTS = (False, True)
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
 SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -378,7 +378,7 @@ def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
             for split in (1, 2, 4, 8):
                 if split <= blocks // 2 and (split == 1 or tiles * split <= SMS * 8):
                     for stages in GEMM_SWAPPED_STAGES if block_m <= 64 else WIDE_M_STAGES:
-                        for scale_operand in SCALE_OPERAND:
+                        for scale_operand in SCALE_PLACEMENTS:
                             out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps,
                                                   num_stages=stages, scale_operand=scale_operand))
     return out

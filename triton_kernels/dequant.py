@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
+from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, PreparedWeight
 
 
@@ -28,8 +28,7 @@ def dequant_kernel(qw_ptr, z_ptr, s_ptr, w_ptr, N, K, base_bits, GROUP: tl.const
         group = (b * 128 + 16 * i) // GROUP
         z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (1, BN)
         s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (1, BN)
-        q_minus_z = nibble_float(words, high, base_bits, i) - zero_float(z, base_bits, i)  # (16, BN), exact
-        w = (q_minus_z * s).to(w_ptr.dtype.element_ty)
+        w = (q_minus_z(words, high, z, base_bits, i) * s).to(w_ptr.dtype.element_ty)  # exact q - z, scaled
         tl.store(w_ptr + k * N + offs_n, w, mask=mask_n & (k < K))
 
 

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .configs import GemmConfig
-from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
+from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, PreparedWeight
 from .splitk import split_buffers, store_partial
 
@@ -48,7 +48,7 @@ def _slab_dot(x_ptr, offs_m, mask_m, stride_xm, K, words, high, z, base_bits, b,
     """(BM, BN) float32 product of x's 16 columns of slab `i` with that slab's exact q - z."""
     k = b * 128 + 16 * i + offs_k  # (1, 16)
     xs = tl.load(x_ptr + offs_m * stride_xm + k, mask=mask_m & (k < K), other=0.0).to(dot_dtype)  # (BM, 16)
-    w = (nibble_float(words, high, base_bits, i) - zero_float(z, base_bits, i)).to(dot_dtype)  # (16, BN), exact
+    w = q_minus_z(words, high, z, base_bits, i).to(dot_dtype)  # (16, BN), exact
     return tl.dot(xs, w)
 
 

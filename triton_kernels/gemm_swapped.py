@@ -38,8 +38,8 @@ import triton.language as tl
 
 from .configs import GemmConfig
 from .gemm import _interpreter_bf16, _load_group, tile_ids, tiled_launch
-from .half2 import WEIGHT_SCALE, half2_runs, scaled_slab_pairs, slab_pairs, zero_pairs
-from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
+from .half2 import WEIGHT_SCALE, half2_runs, scale_pairs, scaled_slab_pairs, slab_pairs, zero_pairs
+from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, PreparedWeight
 from .splitk import split_buffers, store_partial
 
@@ -57,7 +57,7 @@ def _x_rows(x_ptr, k0, ROWS: tl.constexpr, offs_m, mask_m, K, stride_xm, EVEN_K:
 @triton.jit
 def _slab_float(words, high, z, i: tl.constexpr, dot_dtype: tl.constexpr):
     """Slab i of the words as exact q - z in the MMA's dtype (`nibbles.py`: one LOP3 and one FADD a weight)."""
-    return (nibble_float(words, high, BASE_BITS, i) - zero_float(z, BASE_BITS, i)).to(dot_dtype)  # (BN, 16)
+    return q_minus_z(words, high, z, BASE_BITS, i).to(dot_dtype)  # (BN, 16)
 
 
 @triton.jit
@@ -95,7 +95,7 @@ def _scaled_slab(words, high, z_ptr, s_ptr, b, i: tl.constexpr, offs_n, mask_n, 
                  dot_dtype: tl.constexpr):
     """Slab i of block b as (q - z) * s of its own group, rounded once to the MMA's dtype."""
     z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * i) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
-    return ((nibble_float(words, high, BASE_BITS, i) - zero_float(z, BASE_BITS, i)) * s).to(dot_dtype)  # (BN, 16)
+    return (q_minus_z(words, high, z, BASE_BITS, i) * s).to(dot_dtype)  # (BN, 16)
 
 
 @triton.jit
@@ -130,13 +130,6 @@ def _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _half_pair(value):
-    """float32 (BN, 1) -> the fp16 pair (value, value) as int32 bits."""
-    bits = value.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    return bits | (bits << 16)
-
-
-@triton.jit
 def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n, N, K, stride_xm,
                  GROUP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr, SCALE_OPERAND: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
@@ -148,7 +141,7 @@ def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mas
     z64, z4 = zero_pairs(z)
     zeros = tl.zeros_like(words)  # the pairs, shaped like the words they are read with
     if SCALE_OPERAND:
-        w0, w1, w2, w3, w4, w5, w6, w7 = scaled_slab_pairs(words, z64 + zeros, z4 + zeros, _half_pair(s) + zeros)
+        w0, w1, w2, w3, w4, w5, w6, w7 = scaled_slab_pairs(words, z64 + zeros, z4 + zeros, scale_pairs(s) + zeros)
     else:
         w0, w1, w2, w3, w4, w5, w6, w7 = slab_pairs(words, z64 + zeros, z4 + zeros)  # (BN, 16) each
     w = _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N)  # (BN, 128): K rows of the block in order

@@ -48,7 +48,7 @@ import triton.language as tl
 from . import half2
 from .configs import GemvConfig
 from .fusion import LinearFusion
-from .nibbles import FLOAT_2_23_BITS, high_word, nibble_float, zero_float
+from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, SLAB_K, PreparedWeight
 from .splitk import arrive, gather, publish, release, split_buffers
 
@@ -69,12 +69,6 @@ def _load_x(x_ptr, norm_ptr, rows, stride_xm, k, K, b, b_end, EVEN_K: tl.constex
     if SCALE_X:
         x = x * tl.load(norm_ptr + k, mask=valid, other=0.0)
     return x
-
-
-@triton.jit
-def _minus_zero(words, high, z, base_bits, i: tl.constexpr):
-    """Nibble slab `i` of the words as exact float32 q - z."""
-    return nibble_float(words, high, base_bits, i) - zero_float(z, base_bits, i)
 
 
 @triton.jit
@@ -156,7 +150,7 @@ def _block_product(acc, words, z, s, x_ptr, norm_ptr, z_ptr, s_ptr, rows, stride
             for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
                 xv = _load_x(x_ptr, norm_ptr, rows, stride_xm, b * 128 + 16 * i + offs_j, K, b, b_end, EVEN_K,
                              EVEN_STEPS, SCALE_X)
-                part += xv.to(tl.float32) * _minus_zero(words, high, z, base_bits, i)  # (BM, KS, SUB, 16)
+                part += xv.to(tl.float32) * q_minus_z(words, high, z, base_bits, i)  # (BM, KS, SUB, 16)
             acc += part * s
     return acc
 

@@ -69,6 +69,14 @@ def zero_pairs(z):
 
 
 @triton.jit
+def scale_pairs(s):
+    """Scales (float32, already times WEIGHT_SCALE) -> the fp16 pair (s, s) as int32: what `scaled_slab_pairs`
+    multiplies the pairs by."""
+    bits = s.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return bits | (bits << 16)
+
+
+@triton.jit
 def dequant_pairs(words, z64, z4):
     """Packed words -> 4 int32 tensors of fp16 pairs (q - z) / 16: nibbles (0, 4), (1, 5), (2, 6), (3, 7).
     Every step is exact: the LOP3 gives 1024 + q (or 1024 + 16 q), times 1/16 (or 1/256) is 64 + q / 16

@@ -46,6 +46,12 @@ def zero_float(z, base_bits, i: tl.constexpr):
 
 
 @triton.jit
+def q_minus_z(words, high, z, base_bits, i: tl.constexpr):
+    """Nibble slab `i` of the words minus the zero point: exact float32 q - z (one LOP3 and one FADD)."""
+    return nibble_float(words, high, base_bits, i) - zero_float(z, base_bits, i)
+
+
+@triton.jit
 def high_word(words):
     """The shifted copy of the words that nibbles 5..7 are read from."""
     return words >> HIGH_SHIFT
