@@ -53,7 +53,7 @@ class KernelMode(str, enum.Enum):
             raise ValueError(f"unknown kernel {value!r}: expected one of {[m.value for m in cls]}") from None
 
 
-# "gemm" names the tensor-core GEMM that the dispatch picks for batches (M = 3..256 on the H100)
+# "gemm" names the tensor-core GEMM that the dispatch picks for batches (M = 2..1024 on the H100)
 FORCED_CHOICE = {KernelMode.GEMV: KernelChoice.GEMV, KernelMode.GEMM: KernelChoice.GEMM_SWAPPED}
 
 

@@ -39,6 +39,7 @@ from triton_kernels.gemm import gemm  # noqa: E402
 from triton_kernels.gemm_swapped import gemm_swapped  # noqa: E402
 from triton_kernels.gemv import gemv  # noqa: E402
 from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error  # noqa: E402
+from triton_kernels.zero_scale import pack_zero_scales  # noqa: E402
 
 SHAPES = {  # name: (N, K)
     "7b_qkv": (12288, 4096), "7b_o": (4096, 4096), "7b_up_gate": (22016, 4096), "7b_down": (4096, 11008),
@@ -223,14 +224,14 @@ def random_prepared(n: int, k: int, dtype=torch.float16) -> PreparedWeight:
     groups = -(-k_pad // GROUP)
     return PreparedWeight(
         qweight=torch.randint(-(2**31), 2**31 - 1, (k_pad // 128, n, 16), dtype=torch.int32, device="cuda"),
-        zeros=torch.randint(0, 16, (groups, n), dtype=torch.uint8, device="cuda"),
-        scales=(torch.rand((groups, n), device="cuda") * 0.02 + 0.005).to(dtype),
-        group_size=GROUP, in_features=k, out_features=n,
+        zero_scales=pack_zero_scales(torch.randint(0, 16, (groups, n), dtype=torch.uint8, device="cuda"),
+                                     (torch.rand((groups, n), device="cuda") * 0.02 + 0.005).to(dtype)),
+        dtype=dtype, group_size=GROUP, in_features=k, out_features=n,
     )
 
 
 def prepared_bytes(w: PreparedWeight) -> int:
-    return sum(t.numel() * t.element_size() for t in (w.qweight, w.zeros, w.scales))
+    return sum(t.numel() * t.element_size() for t in (w.qweight, w.zero_scales))
 
 
 def gemlite_ring(n: int, k: int, count: int) -> list | None:

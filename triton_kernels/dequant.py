@@ -12,10 +12,12 @@ import triton.language as tl
 
 from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, PreparedWeight
+from .zero_scale import load_zero_scale, scale_dtype
 
 
 @triton.jit
-def dequant_kernel(qw_ptr, z_ptr, s_ptr, w_ptr, N, K, base_bits, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+def dequant_kernel(qw_ptr, zs_ptr, w_ptr, N, K, base_bits, SCALE_DTYPE: tl.constexpr, GROUP: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
     b = tl.program_id(0)  # 128-row block of K
     pid_n = tl.program_id(1)
     offs_j = tl.arange(0, 16)[:, None]  # (16, 1)
@@ -26,8 +28,7 @@ def dequant_kernel(qw_ptr, z_ptr, s_ptr, w_ptr, N, K, base_bits, GROUP: tl.const
     for i in tl.static_range(8):
         k = b * 128 + 16 * i + offs_j  # (16, 1)
         group = (b * 128 + 16 * i) // GROUP
-        z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)  # (1, BN)
-        s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)  # (1, BN)
+        z, s = load_zero_scale(zs_ptr, group, offs_n, mask_n, N, SCALE_DTYPE)  # (1, BN) each
         w = (q_minus_z(words, high, z, base_bits, i) * s).to(w_ptr.dtype.element_ty)  # exact q - z, scaled
         tl.store(w_ptr + k * N + offs_n, w, mask=mask_n & (k < K))
 
@@ -38,7 +39,8 @@ def dequantize(weight: PreparedWeight, block_n: int = 128) -> torch.Tensor:
     w = torch.empty((k, n), device=weight.device, dtype=weight.dtype)
     grid = (weight.padded_in_features // PACK_K, triton.cdiv(n, block_n))
     dequant_kernel[grid](
-        weight.qweight, weight.zeros, weight.scales, w, n, k, FLOAT_2_23_BITS, GROUP=weight.group_size, BLOCK_N=block_n
+        weight.qweight, weight.zero_scales, w, n, k, FLOAT_2_23_BITS, SCALE_DTYPE=scale_dtype(weight.dtype),
+        GROUP=weight.group_size, BLOCK_N=block_n,
     )
     return w
 

@@ -47,10 +47,15 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "(shape, M=4..256) pairs (12288x4096 M=4: 17.0 vs GEMM 24.3 vs GEMV 25.8 us; M=64: 26.9 vs 52.4 vs "
          "dequant+cuBLAS 84.6; 28672x8192 M=64: 100.0 vs 223.3 vs 383.0; M=256, with the scale inside the weight "
          "operand and 256-row tiles: 256.4 vs 674.1 vs 410.0)"),
+    Rule(1024, KernelChoice.GEMM_SWAPPED,
+         "256<M<=1024: with the group's zero point and scale in one word that the pipeliner copies ahead, the "
+         "swapped GEMM's 256-row tile (the scale inside the weight operand) beat dequant+cuBLAS at M=1024 on six "
+         "of the seven benchmark shapes on the H100, by 0.5-8% (28672x8192: 789.3 vs 848.6 us; 4096x4096: 57.7 "
+         "vs 59.3), and lost on 22016x4096 (347.8 vs 332.9), at 0.75-0.81x fp16 cuBLAS"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
-         "M>256: compute-bound; write the fp16 weight once and call cuBLAS. At M=1024 it beat the best swapped "
-         "GEMM (256-row tiles, the scale inside the weight operand) on all seven benchmark shapes on the H100, by "
-         "1-14% (28672x8192: 856.6 vs 869.9 us; 22016x4096: 333.2 vs 380.7), at 0.74-0.78x fp16 cuBLAS"),
+         "M>1024: not measured; dequant+cuBLAS writes the fp16 weight once (28672x8192: about 220 us on the H100) "
+         "and then runs at cuBLAS's speed, so its cost per row falls with M, while the fused GEMM's stays near "
+         "0.77 us a row: extrapolated linearly from the M=1024 times they cross near M=1500 on 28672x8192"),
 )
 
 _notified = False

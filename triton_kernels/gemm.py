@@ -21,15 +21,8 @@ import triton.language as tl
 from .configs import GemmConfig
 from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, PreparedWeight
-from .splitk import split_buffers, store_partial
-
-
-@triton.jit
-def _load_group(z_ptr, s_ptr, group, offs_n, mask_n, N):
-    """(1, BN) zero point (int32) and scale (float32) of one group."""
-    z = tl.load(z_ptr + group * N + offs_n, mask=mask_n, other=0).to(tl.int32)
-    s = tl.load(s_ptr + group * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    return z, s
+from .splitk import merge_unroll, split_buffers, store_partial
+from .zero_scale import load_zero_scale, scale_dtype
 
 
 @triton.jit
@@ -54,10 +47,10 @@ def _slab_dot(x_ptr, offs_m, mask_m, stride_xm, K, words, high, z, base_bits, b,
 
 @triton.jit
 def gemm_kernel(
-    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
+    x_ptr, qw_ptr, zs_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
     M, N, K, stride_xm, stride_ym, blocks_per_split, split_k, base_bits,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
+    SCALE_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, MERGE_UNROLL: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     pid, pid_m, pid_n, pid_k = tile_ids(M, BLOCK_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]  # (BM, 1)
@@ -79,7 +72,7 @@ def gemm_kernel(
         words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j, mask=mask_n, other=0)  # (16, BN)
         high = high_word(words)
         for g in tl.static_range(GROUPS):
-            z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * SLABS * g) // GROUP, offs_n, mask_n, N)
+            z, s = load_zero_scale(zs_ptr, (b * 128 + 16 * SLABS * g) // GROUP, offs_n, mask_n, N, SCALE_DTYPE)
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
                 part += _slab_dot(x_ptr, offs_m, mask_m, stride_xm, K, words, high, z, base_bits, b, i, offs_k, dot_dtype)
@@ -89,7 +82,8 @@ def gemm_kernel(
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc += bias * (pid_k == 0).to(tl.float32)
     if SPLIT:
-        store_partial(acc, y_ptr, ws_ptr, count_ptr, pid, pid_k, split_k, M, N, offs_m, offs_n, stride_ym)
+        store_partial(acc, y_ptr, ws_ptr, count_ptr, pid, pid_k, split_k, M, N, offs_m, offs_n, stride_ym,
+                      MERGE_UNROLL)
     else:
         tl.store(y_ptr + offs_m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
 
@@ -106,6 +100,7 @@ class TiledLaunch:
     grid: tuple[int, int]
     blocks_per_split: int
     split_k: int
+    merge_unroll: int  # split-K partials the last program sums at once (`splitk.merge_unroll`)
 
 
 def tiled_launch(x: torch.Tensor, weight: PreparedWeight, config: GemmConfig) -> TiledLaunch:
@@ -119,7 +114,8 @@ def tiled_launch(x: torch.Tensor, weight: PreparedWeight, config: GemmConfig) ->
     blocks_per_split = triton.cdiv(n_blocks, split_k)
     split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.out_features, config.block_n), split_k)
-    return TiledLaunch(grid, blocks_per_split, split_k)
+    return TiledLaunch(grid, blocks_per_split, split_k,
+                       merge_unroll(config.block_m * config.block_n, 32 * config.num_warps))
 
 
 def gemm(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, config: GemmConfig) -> torch.Tensor:
@@ -130,10 +126,11 @@ def gemm(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
     grid, blocks_per_split, split_k = launch.grid, launch.blocks_per_split, launch.split_k
     y, workspace, counters = split_buffers(m, n, x, split_k, grid[0])
     gemm_kernel[grid](
-        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
+        x, weight.qweight, weight.zero_scales, bias if bias is not None else y, y, workspace, counters,
         m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k, FLOAT_2_23_BITS,
-        GROUP=weight.group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        HAS_BIAS=bias is not None, SPLIT=split_k > 1, DOT_F32=_interpreter_bf16(x),
+        SCALE_DTYPE=scale_dtype(weight.dtype), GROUP=weight.group_size, BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, HAS_BIAS=bias is not None, SPLIT=split_k > 1, MERGE_UNROLL=launch.merge_unroll,
+        DOT_F32=_interpreter_bf16(x),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return y

@@ -37,11 +37,12 @@ import triton
 import triton.language as tl
 
 from .configs import GemmConfig
-from .gemm import _interpreter_bf16, _load_group, tile_ids, tiled_launch
+from .gemm import _interpreter_bf16, tile_ids, tiled_launch
 from .half2 import WEIGHT_SCALE, half2_runs, scale_pairs, scaled_slab_pairs, slab_pairs, zero_pairs
 from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, PreparedWeight
 from .splitk import split_buffers, store_partial
+from .zero_scale import load_zero_scale, scale_dtype
 
 BASE_BITS = tl.constexpr(FLOAT_2_23_BITS)  # a constant, not an argument: see the module docstring
 PAIR_SCALE = tl.constexpr(WEIGHT_SCALE)  # `slab_pairs` gives (q - z) / 16
@@ -61,17 +62,17 @@ def _slab_float(words, high, z, i: tl.constexpr, dot_dtype: tl.constexpr):
 
 
 @triton.jit
-def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n, N, K, stride_xm,
-                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr,
+def _block_float(acc, x_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, z, s, words, b, offs_m, offs_n, mask_m, mask_n, N, K,
+                 stride_xm, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr,
                  EVEN_K: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block, dequantised in float32 (`nibbles.py`), any group size:
-    one depth-128 `tl.dot` where one group covers the block, else one depth-16 `tl.dot` per slab."""
+    one depth-128 `tl.dot` where one group covers the block (its z, s given), else one depth-16 `tl.dot` per
+    slab (loading each group's z, s)."""
     # Groups: one per block (GROUP a multiple of 128), 128 / GROUP per block, or else one per slab.
     GROUPS: tl.constexpr = 1 if GROUP % 128 == 0 else (128 // GROUP if 128 % GROUP == 0 else 8)
     SLABS: tl.constexpr = 8 // GROUPS
     high = high_word(words)
     if GROUPS == 1:
-        z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
         w = _join_slabs(_slab_float(words, high, z, 0, dot_dtype), _slab_float(words, high, z, 1, dot_dtype),
                         _slab_float(words, high, z, 2, dot_dtype), _slab_float(words, high, z, 3, dot_dtype),
                         _slab_float(words, high, z, 4, dot_dtype), _slab_float(words, high, z, 5, dot_dtype),
@@ -81,7 +82,8 @@ def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mas
         acc += tl.dot(w, xt) * s
     else:
         for g in tl.static_range(GROUPS):
-            z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * SLABS * g) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
+            z, s = load_zero_scale(zs_ptr, (b * 128 + 16 * SLABS * g) // GROUP, offs_n, mask_n, N,
+                                   SCALE_DTYPE)  # (BN, 1) each
             part = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
                 xt = _x_rows(x_ptr, b * 128 + 16 * i, 16, offs_m, mask_m, K, stride_xm, EVEN_K)  # (16, BM)
@@ -91,27 +93,30 @@ def _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mas
 
 
 @triton.jit
-def _scaled_slab(words, high, z_ptr, s_ptr, b, i: tl.constexpr, offs_n, mask_n, N, GROUP: tl.constexpr,
-                 dot_dtype: tl.constexpr):
-    """Slab i of block b as (q - z) * s of its own group, rounded once to the MMA's dtype."""
-    z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * i) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
+def _scaled_slab(words, high, zs_ptr, SCALE_DTYPE: tl.constexpr, z, s, b, i: tl.constexpr, offs_n, mask_n, N,
+                 GROUP: tl.constexpr, dot_dtype: tl.constexpr):
+    """Slab i of block b as (q - z) * s of its own group, rounded once to the MMA's dtype. z, s: the block's
+    group where one covers the block, else slab i's group is loaded here."""
+    if GROUP % 128 != 0:
+        z, s = load_zero_scale(zs_ptr, (b * 128 + 16 * i) // GROUP, offs_n, mask_n, N, SCALE_DTYPE)  # (BN, 1)
     return (q_minus_z(words, high, z, BASE_BITS, i) * s).to(dot_dtype)  # (BN, 16)
 
 
 @triton.jit
-def _block_float_scaled(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n, N, K, stride_xm,
-                        GROUP: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr, EVEN_K: tl.constexpr):
+def _block_float_scaled(acc, x_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, z, s, words, b, offs_m, offs_n, mask_m, mask_n,
+                        N, K, stride_xm, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr,
+                        EVEN_K: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block whose weights enter the MMA already scaled, (q - z) * s
     rounded once to the MMA's dtype: one depth-128 `tl.dot` accumulating into acc, any group size."""
     high = high_word(words)
-    w = _join_slabs(_scaled_slab(words, high, z_ptr, s_ptr, b, 0, offs_n, mask_n, N, GROUP, dot_dtype),
-                    _scaled_slab(words, high, z_ptr, s_ptr, b, 1, offs_n, mask_n, N, GROUP, dot_dtype),
-                    _scaled_slab(words, high, z_ptr, s_ptr, b, 2, offs_n, mask_n, N, GROUP, dot_dtype),
-                    _scaled_slab(words, high, z_ptr, s_ptr, b, 3, offs_n, mask_n, N, GROUP, dot_dtype),
-                    _scaled_slab(words, high, z_ptr, s_ptr, b, 4, offs_n, mask_n, N, GROUP, dot_dtype),
-                    _scaled_slab(words, high, z_ptr, s_ptr, b, 5, offs_n, mask_n, N, GROUP, dot_dtype),
-                    _scaled_slab(words, high, z_ptr, s_ptr, b, 6, offs_n, mask_n, N, GROUP, dot_dtype),
-                    _scaled_slab(words, high, z_ptr, s_ptr, b, 7, offs_n, mask_n, N, GROUP, dot_dtype),
+    w = _join_slabs(_scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 0, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 1, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 2, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 3, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 4, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 5, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 6, offs_n, mask_n, N, GROUP, dot_dtype),
+                    _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 7, offs_n, mask_n, N, GROUP, dot_dtype),
                     BLOCK_N)  # (BN, 128)
     xt = _x_rows(x_ptr, b * 128, 128, offs_m, mask_m, K, stride_xm, EVEN_K).to(dot_dtype)  # (128, BM)
     return tl.dot(w, xt, acc)
@@ -130,13 +135,13 @@ def _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n, N, K, stride_xm,
-                 GROUP: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr, SCALE_OPERAND: tl.constexpr):
+def _block_half2(acc, x_ptr, z, s, words, b, offs_m, mask_m, K, stride_xm, BLOCK_N: tl.constexpr,
+                 EVEN_K: tl.constexpr, SCALE_OPERAND: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
     (`half2.slab_pairs`) to (q - z) / 16, exact, and multiplied in one depth-128 `tl.dot`. The scale times 16
     multiplies the float32 product, or (SCALE_OPERAND) the slabs, to fp16 (q - z) * s
-    (`half2.scaled_slab_pairs`, one HMUL2 more a pair), and the dot accumulates straight into acc."""
-    z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask_n, N)  # (BN, 1) each
+    (`half2.scaled_slab_pairs`, one HMUL2 more a pair), and the dot accumulates straight into acc.
+    z (int32) and s (float32): (BN, 1), the block's group."""
     s = s * PAIR_SCALE
     z64, z4 = zero_pairs(z)
     zeros = tl.zeros_like(words)  # the pairs, shaped like the words they are read with
@@ -155,11 +160,11 @@ def _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mas
 
 @triton.jit
 def gemm_swapped_kernel(
-    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
+    x_ptr, qw_ptr, zs_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr,
     M, N, K, stride_xm, stride_ym, blocks_per_split, split_k,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, DOT_F32: tl.constexpr, HALF2: tl.constexpr,
-    SCALE_OPERAND: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    SCALE_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, MERGE_UNROLL: tl.constexpr, DOT_F32: tl.constexpr,
+    HALF2: tl.constexpr, SCALE_OPERAND: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid, pid_m, pid_n, pid_k = tile_ids(M, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]  # (BN, 1)
@@ -175,14 +180,16 @@ def gemm_swapped_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # y^T tile
     for b in range(b_start, b_end):
         words = tl.load(qw_ptr + (b * N + offs_n) * 16 + offs_j, mask=mask_n, other=0)  # (BN, 16)
+        # One 4-byte word a column: the pipeliner copies it ahead with the words (`zero_scale.py`)
+        z, s = load_zero_scale(zs_ptr, (b * 128) // GROUP, offs_n, mask_n, N, SCALE_DTYPE)  # (BN, 1) each
         if HALF2:
-            acc = _block_half2(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
-                               N, K, stride_xm, GROUP, BLOCK_N, EVEN_K, SCALE_OPERAND)
+            acc = _block_half2(acc, x_ptr, z, s, words, b, offs_m, mask_m, K, stride_xm, BLOCK_N, EVEN_K,
+                               SCALE_OPERAND)
         elif SCALE_OPERAND:
-            acc = _block_float_scaled(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
-                                      N, K, stride_xm, GROUP, BLOCK_N, dot_dtype, EVEN_K)
+            acc = _block_float_scaled(acc, x_ptr, zs_ptr, SCALE_DTYPE, z, s, words, b, offs_m, offs_n, mask_m,
+                                      mask_n, N, K, stride_xm, GROUP, BLOCK_N, dot_dtype, EVEN_K)
         else:
-            acc = _block_float(acc, x_ptr, z_ptr, s_ptr, words, b, offs_m, offs_n, mask_m, mask_n,
+            acc = _block_float(acc, x_ptr, zs_ptr, SCALE_DTYPE, z, s, words, b, offs_m, offs_n, mask_m, mask_n,
                                N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, dot_dtype, EVEN_K)
 
     if HAS_BIAS:
@@ -190,7 +197,8 @@ def gemm_swapped_kernel(
         acc += bias * (pid_k == 0).to(tl.float32)
     # offs_m (1, BM) and offs_n (BN, 1) address the (BN, BM) tile of y (M, N) transposed
     if SPLIT:
-        store_partial(acc, y_ptr, ws_ptr, count_ptr, pid, pid_k, split_k, M, N, offs_m, offs_n, stride_ym)
+        store_partial(acc, y_ptr, ws_ptr, count_ptr, pid, pid_k, split_k, M, N, offs_m, offs_n, stride_ym,
+                      MERGE_UNROLL)
     else:
         tl.store(y_ptr + offs_m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
 
@@ -210,11 +218,12 @@ def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | N
     grid, blocks_per_split, split_k = launch.grid, launch.blocks_per_split, launch.split_k
     y, workspace, counters = split_buffers(m, n, x, split_k, grid[0])
     gemm_swapped_kernel[grid](
-        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
+        x, weight.qweight, weight.zero_scales, bias if bias is not None else y, y, workspace, counters,
         m, n, k, x.stride(0), y.stride(0), blocks_per_split, split_k,
-        GROUP=weight.group_size, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        HAS_BIAS=bias is not None, SPLIT=split_k > 1, DOT_F32=_interpreter_bf16(x),
-        HALF2=half2 is not False and use_half2(weight, x), SCALE_OPERAND=config.scale_operand,
+        SCALE_DTYPE=scale_dtype(weight.dtype), GROUP=weight.group_size, BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, HAS_BIAS=bias is not None, SPLIT=split_k > 1, MERGE_UNROLL=launch.merge_unroll,
+        DOT_F32=_interpreter_bf16(x), HALF2=half2 is not False and use_half2(weight, x),
+        SCALE_OPERAND=config.scale_operand,
         EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

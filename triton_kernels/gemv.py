@@ -50,7 +50,8 @@ from .configs import GemvConfig
 from .fusion import LinearFusion
 from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, SLAB_K, PreparedWeight
-from .splitk import arrive, gather, publish, release, split_buffers
+from .splitk import MERGE_UNROLL, arrive, gather, publish, release, split_buffers
+from .zero_scale import load_zero_scale, scale_dtype, split_zero_scale
 
 
 @triton.jit
@@ -72,19 +73,16 @@ def _load_x(x_ptr, norm_ptr, rows, stride_xm, k, K, b, b_end, EVEN_K: tl.constex
 
 
 @triton.jit
-def _load_group(z_ptr, s_ptr, group, offs_n, mask, N, MASKED: tl.constexpr):
+def _load_group(zs_ptr, SCALE_DTYPE: tl.constexpr, group, offs_n, mask, N, MASKED: tl.constexpr):
     """(1, KS, SUB, 1) zero points (int32) and scales (float32) of `group`; with MASKED, outside `mask` 0."""
     if MASKED:
-        z = tl.load(z_ptr + group * N + offs_n, mask=mask, other=0).to(tl.int32)
-        s = tl.load(s_ptr + group * N + offs_n, mask=mask, other=0.0).to(tl.float32)
-    else:
-        z = tl.load(z_ptr + group * N + offs_n).to(tl.int32)
-        s = tl.load(s_ptr + group * N + offs_n).to(tl.float32)
-    return z, s
+        return load_zero_scale(zs_ptr, group, offs_n, mask, N, SCALE_DTYPE)
+    return split_zero_scale(tl.load(zs_ptr + group * N + offs_n), SCALE_DTYPE)
 
 
 @triton.jit
-def _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr, MASKED: tl.constexpr):
+def _fetch(qw_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr,
+           MASKED: tl.constexpr):
     """Blocks `b`'s (1, KS, SUB, 16) packed words (each thread's 4 words of a column: one 16-byte load) and
     the (1, KS, SUB, 1) zero point and scale of its first group. With MASKED, columns outside `mask_n`
     and blocks from `b_end` on read as 0; without, every address must be valid."""
@@ -92,20 +90,20 @@ def _fetch(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.
     # The block test as a tensor: Triton's CPU interpreter rejects a scalar & tensor mask.
     mask = mask_n & (offs_n * 0 + b < b_end)  # (1, KS, SUB, 1)
     words = tl.load(ptrs, mask=mask, other=0) if MASKED else tl.load(ptrs)
-    z, s = _load_group(z_ptr, s_ptr, (b * 128) // GROUP, offs_n, mask, N, MASKED)
+    z, s = _load_group(zs_ptr, SCALE_DTYPE, (b * 128) // GROUP, offs_n, mask, N, MASKED)
     return words, z, s
 
 
 @triton.jit
-def _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n, mask_n, offs_j, GROUP: tl.constexpr,
-                STEP: tl.constexpr, K_SLICES: tl.constexpr, MASKED: tl.constexpr):
+def _fetch_step(qw_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, b, b_end, N, offs_n, mask_n, offs_j,
+                GROUP: tl.constexpr, STEP: tl.constexpr, K_SLICES: tl.constexpr, MASKED: tl.constexpr):
     """The (words, zero points, scales) of blocks b + d * K_SLICES, d = 0 .. STEP - 1 (`b` holds each K
     slice's block), a tuple of STEP triples (one tensor per block keeps every block in the layout of a
     single-block tile)."""
     fetched = ()
     for d in tl.static_range(STEP):
-        fetched = fetched + (_fetch(qw_ptr, z_ptr, s_ptr, b + d * K_SLICES, b_end, N, offs_n, mask_n, offs_j, GROUP,
-                                    MASKED),)
+        fetched = fetched + (_fetch(qw_ptr, zs_ptr, SCALE_DTYPE, b + d * K_SLICES, b_end, N, offs_n, mask_n, offs_j,
+                                    GROUP, MASKED),)
     return fetched
 
 
@@ -128,9 +126,9 @@ def _block_product_half2(acc, words, z, s, x_ptr, norm_ptr, rows, stride_xm, b, 
 
 
 @triton.jit
-def _block_product(acc, words, z, s, x_ptr, norm_ptr, z_ptr, s_ptr, rows, stride_xm, b, b_end, N, K, offs_n, mask_n,
-                   offs_j, base_bits, GROUP: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-                   EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr, SCALE_X: tl.constexpr):
+def _block_product(acc, words, z, s, x_ptr, norm_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, rows, stride_xm, b, b_end,
+                   N, K, offs_n, mask_n, offs_j, base_bits, GROUP: tl.constexpr, EVEN_N: tl.constexpr,
+                   EVEN_K: tl.constexpr, EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr, SCALE_X: tl.constexpr):
     """acc + x[:, rows of block b] @ (its words dequantised): (BM, K_SLICES, SUB, 16) element-wise sums
     (`b` holds each K slice's block)."""
     if HALF2:
@@ -144,7 +142,7 @@ def _block_product(acc, words, z, s, x_ptr, norm_ptr, z_ptr, s_ptr, rows, stride
         high = high_word(words)
         for g in tl.static_range(GROUPS):
             if g > 0:  # columns past N, and blocks past the split in a ragged last step, read as 0
-                z, s = _load_group(z_ptr, s_ptr, (b * 128 + 16 * SLABS * g) // GROUP, offs_n,
+                z, s = _load_group(zs_ptr, SCALE_DTYPE, (b * 128 + 16 * SLABS * g) // GROUP, offs_n,
                                    mask_n & (offs_n * 0 + b < b_end), N, not (EVEN_N and EVEN_STEPS))
             part = tl.zeros_like(acc)
             for i in tl.static_range(g * SLABS, (g + 1) * SLABS):
@@ -157,7 +155,8 @@ def _block_product(acc, words, z, s, x_ptr, norm_ptr, z_ptr, s_ptr, rows, stride
 
 @triton.jit
 def _step(b, b_end, acc0, acc1, nxt0, nxt1,
-          x_ptr, norm_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1, offs_j,
+          x_ptr, norm_ptr, qw_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, rows, stride_xm, N, K, offs_n0, offs_n1,
+          mask_n0, mask_n1, offs_j,
           base_bits, GROUP: tl.constexpr, SUBTILES: tl.constexpr, STEP: tl.constexpr,
           K_SLICES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
           EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr, SCALE_X: tl.constexpr):
@@ -167,26 +166,27 @@ def _step(b, b_end, acc0, acc1, nxt0, nxt1,
     if PREFETCH:
         cur0, cur1 = nxt0, nxt1
         b_next = b + STEP * K_SLICES
-        nxt0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_next, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, K_SLICES,
-                           True)
+        nxt0 = _fetch_step(qw_ptr, zs_ptr, SCALE_DTYPE, b_next, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP,
+                           K_SLICES, True)
         if SUBTILES == 2:
-            nxt1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_next, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, K_SLICES,
-                               True)
+            nxt1 = _fetch_step(qw_ptr, zs_ptr, SCALE_DTYPE, b_next, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP,
+                               K_SLICES, True)
     else:
         masked: tl.constexpr = not (EVEN_N and EVEN_STEPS)
-        cur0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, K_SLICES, masked)
+        cur0 = _fetch_step(qw_ptr, zs_ptr, SCALE_DTYPE, b, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP, K_SLICES,
+                           masked)
         cur1 = cur0  # unused with one subtile
         if SUBTILES == 2:
-            cur1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP, K_SLICES,
-                               masked)
+            cur1 = _fetch_step(qw_ptr, zs_ptr, SCALE_DTYPE, b, b_end, N, offs_n1, mask_n1, offs_j, GROUP, STEP,
+                               K_SLICES, masked)
     for d in tl.static_range(STEP):
         words0, z0, s0 = cur0[d]
-        acc0 = _block_product(acc0, words0, z0, s0, x_ptr, norm_ptr, z_ptr, s_ptr, rows, stride_xm, b + d * K_SLICES,
-                              b_end, N, K, offs_n0, mask_n0, offs_j, base_bits, GROUP, EVEN_N, EVEN_K, EVEN_STEPS,
-                              HALF2, SCALE_X)
+        acc0 = _block_product(acc0, words0, z0, s0, x_ptr, norm_ptr, zs_ptr, SCALE_DTYPE, rows, stride_xm,
+                              b + d * K_SLICES, b_end, N, K, offs_n0, mask_n0, offs_j, base_bits, GROUP, EVEN_N,
+                              EVEN_K, EVEN_STEPS, HALF2, SCALE_X)
         if SUBTILES == 2:
             words1, z1, s1 = cur1[d]
-            acc1 = _block_product(acc1, words1, z1, s1, x_ptr, norm_ptr, z_ptr, s_ptr, rows, stride_xm,
+            acc1 = _block_product(acc1, words1, z1, s1, x_ptr, norm_ptr, zs_ptr, SCALE_DTYPE, rows, stride_xm,
                                   b + d * K_SLICES, b_end, N, K, offs_n1, mask_n1, offs_j, base_bits, GROUP, EVEN_N,
                                   EVEN_K, EVEN_STEPS, HALF2, SCALE_X)
     return acc0, acc1, nxt0, nxt1
@@ -194,11 +194,11 @@ def _step(b, b_end, acc0, acc1, nxt0, nxt1,
 
 @triton.jit
 def gemv_kernel(
-    x_ptr, qw_ptr, z_ptr, s_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr, norm_ptr, res_ptr, h_ptr, out_w_ptr, y2_ptr,
+    x_ptr, qw_ptr, zs_ptr, bias_ptr, y_ptr, ws_ptr, count_ptr, norm_ptr, res_ptr, h_ptr, out_w_ptr, y2_ptr,
     M, N, K, stride_xm, stride_ym, stride_rm, stride_hm, blocks_per_split, split_k, base_bits, eps,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUBTILES: tl.constexpr,
-    STEP: tl.constexpr, K_SLICES: tl.constexpr, PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    SCALE_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SUBTILES: tl.constexpr, STEP: tl.constexpr, K_SLICES: tl.constexpr, PREFETCH: tl.constexpr,
+    LOOP_STAGES: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
     EVEN_STEPS: tl.constexpr, HALF2: tl.constexpr, SCALE_X: tl.constexpr, RMS: tl.constexpr, GLU: tl.constexpr,
     RESIDUAL: tl.constexpr, SCALED_OUT: tl.constexpr, FUSION_LOADS_FIRST: tl.constexpr, RMS_CHUNK: tl.constexpr,
 ):
@@ -250,10 +250,10 @@ def gemv_kernel(
         nxt0 = nxt0 + (empty,)
     nxt1 = nxt0
     if PREFETCH:
-        nxt0 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_start + slices, b_end, N, offs_n0, mask_n0, offs_j, GROUP, STEP,
-                           K_SLICES, True)
+        nxt0 = _fetch_step(qw_ptr, zs_ptr, SCALE_DTYPE, b_start + slices, b_end, N, offs_n0, mask_n0, offs_j, GROUP,
+                           STEP, K_SLICES, True)
         if SUBTILES == 2:
-            nxt1 = _fetch_step(qw_ptr, z_ptr, s_ptr, b_start + slices, b_end, N, offs_n1, mask_n1, offs_j, GROUP,
+            nxt1 = _fetch_step(qw_ptr, zs_ptr, SCALE_DTYPE, b_start + slices, b_end, N, offs_n1, mask_n1, offs_j, GROUP,
                                STEP, K_SLICES, True)
     # The epilogue's own loads (the row's 1 / rms, the residual tile), before the loop or in the epilogue.
     offs_m = tl.arange(0, BLOCK_M)[:, None]  # (BM, 1)
@@ -268,14 +268,16 @@ def gemv_kernel(
         for b in tl.range(b_start, b_end, STEP * K_SLICES, num_stages=LOOP_STAGES):
             acc0, acc1, nxt0, nxt1 = _step(
                 b + slices, b_end, acc0, acc1, nxt0, nxt1,
-                x_ptr, norm_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1,
-                offs_j, base_bits, GROUP, SUBTILES, STEP, K_SLICES, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS, HALF2, SCALE_X)
+                x_ptr, norm_ptr, qw_ptr, zs_ptr, SCALE_DTYPE, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0,
+                mask_n1, offs_j, base_bits, GROUP, SUBTILES, STEP, K_SLICES, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS,
+                HALF2, SCALE_X)
     else:
         for b in range(b_start, b_end, STEP * K_SLICES):
             acc0, acc1, nxt0, nxt1 = _step(
                 b + slices, b_end, acc0, acc1, nxt0, nxt1,
-                x_ptr, norm_ptr, qw_ptr, z_ptr, s_ptr, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0, mask_n1,
-                offs_j, base_bits, GROUP, SUBTILES, STEP, K_SLICES, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS, HALF2, SCALE_X)
+                x_ptr, norm_ptr, qw_ptr, zs_ptr, SCALE_DTYPE, rows, stride_xm, N, K, offs_n0, offs_n1, mask_n0,
+                mask_n1, offs_j, base_bits, GROUP, SUBTILES, STEP, K_SLICES, PREFETCH, EVEN_N, EVEN_K, EVEN_STEPS,
+                HALF2, SCALE_X)
 
     # The slices' sums meet here (a reduction across warps: shared memory), then the split-K sum.
     y0 = tl.sum(tl.sum(acc0, axis=1), axis=2)  # (BM, SUB) this program's part of the sums
@@ -285,9 +287,9 @@ def gemv_kernel(
         if SUBTILES == 2:
             publish(y1, ws_ptr, pid_k, M, N, offs_m, cols1, in1)
         if arrive(count_ptr, pid_n) == split_k - 1:  # the tile's last program: every partial is in
-            y0 = gather(ws_ptr, split_k, M, N, offs_m, cols0, in0, tl.zeros_like(y0))
+            y0 = gather(ws_ptr, split_k, M, N, offs_m, cols0, in0, tl.zeros_like(y0), MERGE_UNROLL)
             if SUBTILES == 2:
-                y1 = gather(ws_ptr, split_k, M, N, offs_m, cols1, in1, tl.zeros_like(y1))
+                y1 = gather(ws_ptr, split_k, M, N, offs_m, cols1, in1, tl.zeros_like(y1), MERGE_UNROLL)
             _epilogue(y0, y1, r, res0, res1, offs_m, cols0, cols1, in0, in1, end0, h_ptr, bias_ptr, res_ptr, y_ptr,
                       out_w_ptr, y2_ptr, M, N, K, stride_hm, stride_rm, stride_ym, eps, BLOCK_M, SUBTILES, HAS_BIAS,
                       RMS, GLU, RESIDUAL, SCALED_OUT, FUSION_LOADS_FIRST, RMS_CHUNK)
@@ -427,13 +429,13 @@ def gemv(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, con
         assert out_w.shape == (n_out,), f"scaled_output_weight of shape {tuple(out_w.shape)}, expected ({n_out},)"
         y2 = torch.empty_like(y)
     gemv_kernel[grid](
-        x, weight.qweight, weight.zeros, weight.scales, bias if bias is not None else y, y, workspace, counters,
+        x, weight.qweight, weight.zero_scales, bias if bias is not None else y, y, workspace, counters,
         norm if norm is not None else y, residual if residual is not None else y, h if h is not None else y,
         out_w if out_w is not None else y, y2 if y2 is not None else y,
         m, n, k, x.stride(0), y.stride(0), residual.stride(0) if residual is not None else 0,
         h.stride(0) if h is not None else 0, blocks_per_split, split_k, FLOAT_2_23_BITS, fusion.eps,
-        GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n, SUBTILES=subtiles, STEP=step,
-        K_SLICES=slices, PREFETCH=config.prefetch, LOOP_STAGES=config.loop_stages,
+        SCALE_DTYPE=scale_dtype(weight.dtype), GROUP=weight.group_size, BLOCK_M=block_m, BLOCK_N=config.block_n,
+        SUBTILES=subtiles, STEP=step, K_SLICES=slices, PREFETCH=config.prefetch, LOOP_STAGES=config.loop_stages,
         HAS_BIAS=bias is not None, SPLIT=split_k > 1, EVEN_N=n_out % columns == 0, EVEN_K=k % PACK_K == 0,
         EVEN_STEPS=per_iteration == 1 or n_blocks % blocks_per_split == 0, HALF2=use_half2(config, weight, x),
         SCALE_X=norm is not None, RMS=h is not None, GLU=fusion.glu, RESIDUAL=residual is not None,

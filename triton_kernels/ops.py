@@ -106,19 +106,18 @@ def _run_fused(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | Non
 def _w4a16_linear_op(
     x: torch.Tensor,
     qweight: torch.Tensor,
-    zeros: torch.Tensor,
-    scales: torch.Tensor,
+    zero_scales: torch.Tensor,
     bias: torch.Tensor | None,
     group_size: int,
     in_features: int,
     kernel: str,
 ) -> torch.Tensor:
-    weight = PreparedWeight(qweight, zeros, scales, group_size, in_features, qweight.shape[1])
+    weight = PreparedWeight(qweight, zero_scales, x.dtype, group_size, in_features, qweight.shape[1])
     return _run(x, weight, bias, _choice(x, weight, kernel))
 
 
 @_w4a16_linear_op.register_fake
-def _(x, qweight, zeros, scales, bias, group_size, in_features, kernel):
+def _(x, qweight, zero_scales, bias, group_size, in_features, kernel):
     return x.new_empty((x.shape[0], qweight.shape[1]))
 
 
@@ -126,8 +125,7 @@ def _(x, qweight, zeros, scales, bias, group_size, in_features, kernel):
 def _w4a16_linear_fused_op(
     x: torch.Tensor,
     qweight: torch.Tensor,
-    zeros: torch.Tensor,
-    scales: torch.Tensor,
+    zero_scales: torch.Tensor,
     bias: torch.Tensor | None,
     group_size: int,
     in_features: int,
@@ -139,14 +137,14 @@ def _w4a16_linear_fused_op(
     rms_of: torch.Tensor | None,
     scaled_output_weight: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    weight = PreparedWeight(qweight, zeros, scales, group_size, in_features, qweight.shape[1])
+    weight = PreparedWeight(qweight, zero_scales, x.dtype, group_size, in_features, qweight.shape[1])
     fusion = LinearFusion(norm_weight, eps, glu, residual, rms_of, scaled_output_weight)
     out = _run_fused(x, weight, bias, _choice(x, weight, kernel), fusion)
     return out if isinstance(out, tuple) else (out, out.new_empty(0))  # (y, its scaled copy or nothing)
 
 
 @_w4a16_linear_fused_op.register_fake
-def _(x, qweight, zeros, scales, bias, group_size, in_features, kernel, norm_weight, eps, glu, residual, rms_of,
+def _(x, qweight, zero_scales, bias, group_size, in_features, kernel, norm_weight, eps, glu, residual, rms_of,
       scaled_output_weight):
     y = x.new_empty((x.shape[0], qweight.shape[1] // 2 if glu else qweight.shape[1]))
     return y, (torch.empty_like(y) if scaled_output_weight is not None else x.new_empty(0))
@@ -174,7 +172,7 @@ def w4a16_linear(
         if x2.shape[0] == 0:
             return x.new_empty((*lead, weight.out_features))
         y = torch.ops.awqflow.w4a16_linear(
-            x2, weight.qweight, weight.zeros, weight.scales, bias, weight.group_size, weight.in_features, name,
+            x2, weight.qweight, weight.zero_scales, bias, weight.group_size, weight.in_features, name,
         )
         return y.reshape(*lead, weight.out_features)
     n_out = fusion.out_features(weight.out_features)
@@ -191,7 +189,7 @@ def w4a16_linear(
         assert rms_of.shape == x.shape, f"rms_of of shape {tuple(rms_of.shape)}, x is {tuple(x.shape)}"
         rms_of = rms_of.reshape(-1, weight.in_features).contiguous()  # (M, K)
     y, scaled = torch.ops.awqflow.w4a16_linear_fused(
-        x2, weight.qweight, weight.zeros, weight.scales, bias, weight.group_size, weight.in_features, name,
+        x2, weight.qweight, weight.zero_scales, bias, weight.group_size, weight.in_features, name,
         fusion.norm_weight, fusion.eps, fusion.glu, residual, rms_of, fusion.scaled_output_weight,
     )
     y = y.reshape(*lead, n_out)

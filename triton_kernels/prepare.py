@@ -9,8 +9,8 @@ turns them into a `PreparedWeight`:
   (BLOCK_N, 16) word tile therefore yields a slab of 16 *consecutive* K rows, so activations are
   read contiguously and each slab is a ready `tl.dot` operand of depth 16. A column's 16 words are
   contiguous (64 bytes) and a tile of columns is one contiguous run of memory.
-- `zeros` (G_pad, N) uint8, unpacked: one byte per (group, column), read once per slab.
-- `scales` (G_pad, N) in the activation dtype, unchanged apart from padding.
+- `zero_scales` (G_pad, N) int32: per (group, column) the scale's 16 bits (the activation dtype, fp16
+  or bf16) and the zero point in one word (`zero_scale.py`), so that kernels read both in one 4-byte load.
 
 K is padded to a multiple of `PACK_K` with q = z = s = 0, so padded rows contribute exactly 0.
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .awq_layout import AWQ_GEMM_ORDER, unpack_int32
+from .zero_scale import pack_zero_scales, unpack_zero_scales
 
 PACK_K = 128  # rows of K interleaved into one (16, N) block of words
 SLAB_K = PACK_K // 8  # consecutive K rows per nibble slab
@@ -31,15 +32,21 @@ class PreparedWeight:
     """Repacked int4 weight of a linear layer y = x @ W, with W of shape (K, N)."""
 
     qweight: torch.Tensor  # (K_pad / 128, N, 16) int32, K-interleaved (see module docstring)
-    zeros: torch.Tensor  # (G_pad, N) uint8
-    scales: torch.Tensor  # (G_pad, N) fp16 or bf16
+    zero_scales: torch.Tensor  # (G_pad, N) int32: scale bits | zero point << 16 (`zero_scale.py`)
+    dtype: torch.dtype  # the scales' (and activations') dtype: fp16 or bf16
     group_size: int
     in_features: int  # K, before padding
     out_features: int  # N
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.scales.dtype
+    def zeros(self) -> torch.Tensor:
+        """(G_pad, N) uint8 zero points, unpacked (a copy, for reference paths and checks)."""
+        return unpack_zero_scales(self.zero_scales, self.dtype)[0]
+
+    @property
+    def scales(self) -> torch.Tensor:
+        """(G_pad, N) scales in `dtype`, unpacked (a copy, for reference paths and checks)."""
+        return unpack_zero_scales(self.zero_scales, self.dtype)[1]
 
     @property
     def device(self) -> torch.device:
@@ -96,8 +103,8 @@ def prepare(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g
     s = torch.nn.functional.pad(scales, (0, 0, 0, groups_pad - groups))  # (G_pad, N)
     return PreparedWeight(
         qweight=pack_k_interleaved(q).contiguous(),
-        zeros=z.contiguous(),
-        scales=s.contiguous(),
+        zero_scales=pack_zero_scales(z, s).contiguous(),
+        dtype=scales.dtype,
         group_size=group_size,
         in_features=k,
         out_features=n,
@@ -108,6 +115,7 @@ def dequantize_prepared(weight: PreparedWeight) -> torch.Tensor:
     """PreparedWeight -> dense (K, N) weight in the scales' dtype (computed in float32), for checks."""
     q = unpack_k_interleaved(weight.qweight)[: weight.in_features]  # (K, N)
     rows = torch.arange(weight.in_features, device=q.device) // weight.group_size  # (K,)
-    z = weight.zeros.to(torch.int32)[rows]  # (K, N)
-    s = weight.scales.float()[rows]  # (K, N)
+    zeros, scales = unpack_zero_scales(weight.zero_scales, weight.dtype)  # (G_pad, N) each
+    z = zeros.to(torch.int32)[rows]  # (K, N)
+    s = scales.float()[rows]  # (K, N)
     return ((q - z).float() * s).to(weight.dtype)

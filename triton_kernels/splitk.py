@@ -21,7 +21,21 @@ import triton
 import triton.language as tl
 
 MAX_TILES = 1 << 16  # arrival counters per device: output tiles of one split-K launch
-MERGE_UNROLL = tl.constexpr(4)  # partials the last program has in flight at once while it sums them
+
+# How many partials the last program of a tile loads at once while it sums them, by the float32 elements of
+# one partial a thread holds. Several in flight take one L2 round trip for several splits, but each costs
+# that many registers. H100 (benchmarks/README.md, "Split-K merge"): the swapped GEMM's 8-warp 64x128 tile,
+# 32 elements a thread, took 163.7 us with 4 against 100.2 with 1 (28672x8192, M=64, 2 splits; 8192x28672
+# with 4 splits 139.8 against 86.9); its 4-warp 32x64 tile, 16 a thread, 28.1 with 4 against 33.2 with 1
+# (4096x11008, M=64, 4 splits).
+MERGE_UNROLL_TABLE = ((16, 4), (1 << 30, 1))  # (most elements a thread, partials at once)
+MERGE_UNROLL = tl.constexpr(MERGE_UNROLL_TABLE[0][1])  # small tiles: the GEMV's, the decode attention's chunks
+
+
+def merge_unroll(tile_elements: int, threads: int) -> int:
+    """Partials summed at once (`gather`) for a (BM, BN) tile of `tile_elements` over `threads` threads."""
+    per_thread = -(-tile_elements // threads)
+    return next(unroll for most, unroll in MERGE_UNROLL_TABLE if per_thread <= most)
 
 
 @triton.jit
@@ -40,20 +54,20 @@ def arrive(count_ptr, tile):
 
 
 @triton.jit
-def gather(ws_ptr, split_k, M, N, offs_m, offs_n, mask, total):
+def gather(ws_ptr, split_k, M, N, offs_m, offs_n, mask, total, UNROLL: tl.constexpr):
     """`total` (zeros, (BM, BN) float32) plus every split's partial where `mask` holds, in split order
     (0, 1, ...), whoever finished first."""
-    for s0 in range(0, split_k, MERGE_UNROLL):
-        # MERGE_UNROLL partials loaded before any is added: one L2 round trip for each MERGE_UNROLL
+    for s0 in range(0, split_k, UNROLL):
+        # UNROLL partials loaded before any is added (`merge_unroll`): one L2 round trip for each UNROLL
         # splits, not one a split. .cg reads from L2, where the other programs' writes are, never
         # from a stale L1 line. Splits past split_k read as 0.0, which adds nothing (the split test as
         # a tensor: Triton's CPU interpreter rejects a scalar & tensor mask).
         parts = ()
-        for d in tl.static_range(MERGE_UNROLL):
+        for d in tl.static_range(UNROLL):
             in_range = mask & (offs_n * 0 + s0 + d < split_k)
             parts = parts + (tl.load(ws_ptr + (s0 + d) * M * N + offs_m * N + offs_n, mask=in_range, other=0.0,
                                      cache_modifier=".cg"),)
-        for d in tl.static_range(MERGE_UNROLL):
+        for d in tl.static_range(UNROLL):
             total += parts[d]
     return total
 
@@ -65,13 +79,15 @@ def release(count_ptr, tile):
 
 
 @triton.jit
-def store_partial(acc, y_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, M, N, offs_m, offs_n, stride_ym):
+def store_partial(acc, y_ptr, ws_ptr, count_ptr, tile, pid_k, split_k, M, N, offs_m, offs_n, stride_ym,
+                  MERGE_UNROLL: tl.constexpr):
     """Write this split's (BM, BN) float32 `acc` of output rows `offs_m` (BM, 1) and columns `offs_n`
-    (1, BN); the last of the tile's `split_k` programs to arrive sums all splits and writes y."""
+    (1, BN); the last of the tile's `split_k` programs to arrive sums all splits (MERGE_UNROLL at once)
+    and writes y."""
     mask = (offs_m < M) & (offs_n < N)
     publish(acc, ws_ptr, pid_k, M, N, offs_m, offs_n, mask)
     if arrive(count_ptr, tile) == split_k - 1:
-        total = gather(ws_ptr, split_k, M, N, offs_m, offs_n, mask, tl.zeros_like(acc))
+        total = gather(ws_ptr, split_k, M, N, offs_m, offs_n, mask, tl.zeros_like(acc), MERGE_UNROLL)
         tl.store(y_ptr + offs_m * stride_ym + offs_n, total.to(y_ptr.dtype.element_ty), mask=mask)
         release(count_ptr, tile)
 

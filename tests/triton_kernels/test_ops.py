@@ -35,7 +35,7 @@ def test_opcheck_and_compile_without_graph_breaks():
     layer, w, x = _layer_and_x((4,), 128, 16, 32, torch.float16, "cpu", seed=5)
     torch.library.opcheck(
         torch.ops.awqflow.w4a16_linear.default,
-        (x, w.qweight, w.zeros, w.scales, None, w.group_size, w.in_features, KernelChoice.TORCH.value),
+        (x, w.qweight, w.zero_scales, None, w.group_size, w.in_features, KernelChoice.TORCH.value),
     )
     compiled = torch.compile(lambda t: w4a16_linear(t, w) * 2, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), w4a16_linear(x, w) * 2)

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from triton_kernels.configs import GemmConfig, GemvConfig
-from triton_kernels.gemm import gemm
+from triton_kernels.gemm import gemm, tiled_launch
+from triton_kernels.gemm_swapped import gemm_swapped
 from triton_kernels.gemv import gemv
 from triton_kernels.prepare import prepare
-from triton_kernels.splitk import MAX_TILES, arrival_counters, split_buffers
+from triton_kernels.splitk import MAX_TILES, arrival_counters, merge_unroll, split_buffers
 from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -20,15 +21,34 @@ def _layer(k, n, seed=0, dtype=torch.float16):
     return layer, prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
 
 
+# The swapped GEMM's 16x32 tile sums 4 partials at once, its 64x64 tile one at a time (`merge_unroll`)
+SWAPPED_NARROW = GemmConfig(block_m=16, block_n=32, num_warps=4, num_stages=1)
+SWAPPED_WIDE = GemmConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
 RUNS = {
     "gemv": lambda x, w, split: gemv(x, w, None, GemvConfig(block_n=32, split_k=split, num_stages=1, max_m=4, subtiles=2)),
     "gemm": lambda x, w, split: gemm(x, w, None, GemmConfig(block_m=16, block_n=32, split_k=split, num_stages=1)),
+    "swapped_narrow": lambda x, w, split: gemm_swapped(x, w, None, GemmConfig(**{**SWAPPED_NARROW.__dict__,
+                                                                                   "split_k": split})),
+    "swapped_wide": lambda x, w, split: gemm_swapped(x, w, None, GemmConfig(**{**SWAPPED_WIDE.__dict__,
+                                                                               "split_k": split})),
 }
 
 
+def test_merge_width_follows_the_table():
+    """4 partials at once where a thread holds at most 16 elements of one, else 1 (the H100 timings in splitk.py)."""
+    assert merge_unroll(16 * 32, 32 * 4) == 4  # 4 elements a thread
+    assert merge_unroll(32 * 64, 32 * 4) == 4  # 16: the 4-warp 32x64 tile
+    assert merge_unroll(64 * 128, 32 * 8) == 1  # 32: the 8-warp 64x128 tile
+    assert merge_unroll(64 * 64, 32 * 4) == 1
+    x = torch.zeros((64, 896), dtype=torch.float16, device=DEVICE)
+    _, w = _layer(896, 128)
+    assert tiled_launch(x, w, SWAPPED_NARROW).merge_unroll == 4
+    assert tiled_launch(x, w, SWAPPED_WIDE).merge_unroll == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
-@pytest.mark.parametrize("split", [4, 7])  # one round of MERGE_UNROLL loads; two, the second partial
+@pytest.mark.parametrize("kernel", ["gemv", "gemm", "swapped_narrow", "swapped_wide"])
+@pytest.mark.parametrize("split", [4, 7])  # one round of 4-partial loads; two, the second partial
 def test_split_k_matches_the_reference_and_leaves_the_counters_at_zero(kernel, dtype, split):
     layer, w = _layer(896, 128, dtype=dtype)  # 7 blocks of 128 rows
     x = torch.randn((3, 896), generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
