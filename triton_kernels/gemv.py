@@ -30,8 +30,9 @@ the register prefetch, gained 11-22% at M=1 on six of the seven benchmark shapes
 their registers cost more occupancy than the prefetch hides. `prefetch` (the next step's loads
 issued before this step's arithmetic) and `loop_stages` (Triton's pipeliner: cp.async copies of
 later blocks) remain options the tuner tries (no shipped entry uses `loop_stages`; the zero points and
-scales, once narrower than 4 bytes and plain loads there, are now one 4-byte word, `zero_scale.py`). Copying the words by TMA into shared memory and programmatic dependent launch were
-measured and gained nothing worth their code.
+scales, once narrower than 4 bytes and plain loads there, are now one 4-byte word, `zero_scale.py`).
+Copying the words by TMA into shared memory and programmatic dependent launch were measured and gained
+nothing worth their code.
 
 The epilogue can take in the ops around a decoder layer's products (`fusion.py`: an RMSNorm before,
 silu(gate) * up and a residual add after, a copy of the output times the next norm's weight). Split-K

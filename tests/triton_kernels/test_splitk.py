@@ -2,6 +2,8 @@
 
 Without CUDA these run on Triton's CPU interpreter (see conftest.py).
 """
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -27,10 +29,8 @@ SWAPPED_WIDE = GemmConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
 RUNS = {
     "gemv": lambda x, w, split: gemv(x, w, None, GemvConfig(block_n=32, split_k=split, num_stages=1, max_m=4, subtiles=2)),
     "gemm": lambda x, w, split: gemm(x, w, None, GemmConfig(block_m=16, block_n=32, split_k=split, num_stages=1)),
-    "swapped_narrow": lambda x, w, split: gemm_swapped(x, w, None, GemmConfig(**{**SWAPPED_NARROW.__dict__,
-                                                                                   "split_k": split})),
-    "swapped_wide": lambda x, w, split: gemm_swapped(x, w, None, GemmConfig(**{**SWAPPED_WIDE.__dict__,
-                                                                               "split_k": split})),
+    "swapped_narrow": lambda x, w, split: gemm_swapped(x, w, None, replace(SWAPPED_NARROW, split_k=split)),
+    "swapped_wide": lambda x, w, split: gemm_swapped(x, w, None, replace(SWAPPED_WIDE, split_k=split)),
 }
 
 
