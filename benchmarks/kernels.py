@@ -96,6 +96,10 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
             x, w, b, GemmConfig(block_m=32, block_n=64, split_k=2, scale_operand=True)),
         "gemm_swapped_scaled_wide": lambda x, w, b: gemm_swapped(
             x, w, b, GemmConfig(block_m=64, block_n=256, split_k=1, num_warps=8, num_stages=3, scale_operand=True)),
+        # Each block as two depth-64 products (`GemmConfig.split_dot`), split over K as well.
+        "gemm_swapped_split_dot": lambda x, w, b: gemm_swapped(
+            x, w, b, GemmConfig(block_m=128, block_n=128, split_k=2, num_warps=8, num_stages=3, scale_operand=True,
+                                split_dot=True)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
@@ -328,8 +332,9 @@ GEMM_SWAPPED_STAGES = (3, 4)
 # From 128-row M tiles on, 3 stages only: 4 never won there by more than the runs' spread (70b_up_gate
 # M=256, 1024) and the (128, block_m) activation stages take most of the shared memory
 WIDE_M_STAGES = (3,)
-# Where the group's scale enters (`GemmConfig.scale_operand`): both are tried at every M
-SCALE_PLACEMENTS = (False, True)
+# Where the group's scale enters (`GemmConfig.scale_operand`) and, with it in the operand, whether each block
+# is multiplied as two halves (`GemmConfig.split_dot`): all three are tried at every M
+SCALE_PLACEMENTS = ((False, False), (True, False), (True, True))
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
 SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -379,9 +384,10 @@ def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
             for split in (1, 2, 4, 8):
                 if split <= blocks // 2 and (split == 1 or tiles * split <= SMS * 8):
                     for stages in GEMM_SWAPPED_STAGES if block_m <= 64 else WIDE_M_STAGES:
-                        for scale_operand in SCALE_PLACEMENTS:
+                        for scale_operand, split_dot in SCALE_PLACEMENTS:
                             out.append(GemmConfig(block_m=block_m, block_n=block_n, split_k=split, num_warps=warps,
-                                                  num_stages=stages, scale_operand=scale_operand))
+                                                  num_stages=stages, scale_operand=scale_operand,
+                                                  split_dot=split_dot))
     return out
 
 

@@ -62,6 +62,12 @@ class GemmConfig:
     # multiply a weight pair) and the MMA accumulates in place (True), or multiplies each block's float32
     # product, a (BLOCK_N, BLOCK_M) multiply-add a block (False): the second grows with BLOCK_M
     scale_operand: bool = False
+    # Swapped GEMM with scale_operand only: each 128-row block's product as two depth-64 dots, the second
+    # half dequantised while the first half's MMAs run, and a full MMA wait after the block (the one way
+    # out of ptxas serialising every MMA, `gemm_swapped.py`). On the H100 1.00-1.37x faster than one product
+    # on the 4-warp tiles and the 8-warp ones of up to 64 accumulator registers a thread, 0.90-1.03x on the
+    # 8-warp 128-register ones (results/split_dot_<gpu>.json): tuned per entry
+    split_dot: bool = False
 
 
 def bucket_m(m: int) -> int:

@@ -48,10 +48,11 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "dequant+cuBLAS 84.6; 28672x8192 M=64: 100.0 vs 223.3 vs 383.0; M=256, with the scale inside the weight "
          "operand and 256-row tiles: 256.4 vs 674.1 vs 410.0)"),
     Rule(1024, KernelChoice.GEMM_SWAPPED,
-         "256<M<=1024: with the group's zero point and scale in one word that the pipeliner copies ahead, the "
-         "swapped GEMM's 256-row tile (the scale inside the weight operand) beat dequant+cuBLAS at M=1024 on six "
-         "of the seven benchmark shapes on the H100, by 0.5-8% (28672x8192: 789.3 vs 848.6 us; 4096x4096: 57.7 "
-         "vs 59.3), and lost on 22016x4096 (347.8 vs 332.9), at 0.75-0.81x fp16 cuBLAS"),
+         "256<M<=1024: with the group's zero point and scale in one word that the pipeliner copies ahead and, "
+         "on the 7B qkv and gate+up shapes, each block in two products (`GemmConfig.split_dot`), the swapped "
+         "GEMM (the scale inside the weight operand) beat dequant+cuBLAS at M=1024 on all seven benchmark "
+         "shapes on the H100, by 1-8% (28672x8192: 785.5 vs 849.5 us; 22016x4096: 313.8 vs 330.2; 4096x4096: "
+         "58.9 vs 59.5), at 0.77-0.79x fp16 cuBLAS"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
          "M>1024: not measured; dequant+cuBLAS writes the fp16 weight once (28672x8192: about 220 us on the H100) "
          "and then runs at cuBLAS's speed, so its cost per row falls with M, while the fused GEMM's stays near "

@@ -25,10 +25,27 @@ in float32 (`nibbles.py`); the slabs are joined into one (BLOCK_N, 128) operand 
   smaller than a block fall back to one depth-16 `tl.dot` per slab. Cheapest at small M.
 - in the operand (True): each weight enters the MMA as (q - z) * s rounded once to fp16 / bf16 (one more
   HMUL2 a pair, `half2.scaled_slab_pairs`), the value the dequantise kernel writes, and the dot
-  accumulates in place. Triton then keeps one block's MMAs in flight while the next block is
-  dequantised (a wait with one group pending in the IR), and needs fewer registers (sm_90, 128x64 tile:
-  196 against 230), so 256-row M tiles fit. Every group size takes one depth-128 dot.
+  accumulates in place. Triton means to keep one block's MMAs in flight while the next block is
+  dequantised (a wait with one group pending in the IR; ptxas undoes it, see the split product below),
+  and needs fewer registers (sm_90, 128x64 tile: 196 against 230), so 256-row M tiles fit. Every group
+  size takes one depth-128 dot, or two depth-64 ones (`GemmConfig.split_dot`).
 The float32 paths are pure `tl` and run under `TRITON_INTERPRET=1`.
+
+Split product (`GemmConfig.split_dot`, with the scale in the operand). With the MMAs of one block left in
+flight into the next block, ptxas serialises every MMA of the loop (ptxas info C7515: "wgmma.mma_async
+instructions are serialized due to non wgmma instructions defining accumulator registers ... between start
+and end of the pipeline stage"; the sm_90 SASS then waits for each depth-16 MMA before the next slab is
+dequantised). A full wait at the end of each block (`_wait_mmas`, an empty inline asm that reads the
+accumulator, so that Triton waits for every MMA before it) lifts that. With a single depth-128 dot the
+whole block is then dequantised before its first MMA, which measured slower than the serialised loop
+(70b_down M=1024: 941.6 -> 965.3 us, results/split_dot_experiments_<gpu>.json); so the block is
+multiplied as two depth-64 dots, slabs 0..3 then 4..7 (`half2.scaled_half_pairs`), and ptxas dequantises
+the second half between the first half's MMAs. On the H100 (results/split_dot_<gpu>.json)
+that is 1.00-1.37x faster than one product on the 4-warp tiles and on the 8-warp tiles of up to 64
+accumulator registers a thread (128x128: 70b_up_gate M=1024 1021.5 -> 798.7 us, against 849.3 for the best
+unsplit tile of that run), and 0.90-1.03x on the 8-warp 256x128 and 128x256 tiles (128 accumulator registers
+a thread: the kernel then takes 239-255); the tuner picks per entry. Four depth-32 products were not faster
+than two (results/split_dot_experiments_<gpu>.json).
 """
 from __future__ import annotations
 
@@ -38,7 +55,8 @@ import triton.language as tl
 
 from .configs import GemmConfig
 from .gemm import _interpreter_bf16, tile_ids, tiled_launch
-from .half2 import WEIGHT_SCALE, half2_runs, scale_pairs, scaled_slab_pairs, slab_pairs, zero_pairs
+from .half2 import (WEIGHT_SCALE, half2_runs, interpreting, scale_pairs, scaled_half_pairs, scaled_slab_pairs,
+                    slab_pairs, zero_pairs)
 from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, PreparedWeight
 from .splitk import split_buffers, store_partial
@@ -103,12 +121,38 @@ def _scaled_slab(words, high, zs_ptr, SCALE_DTYPE: tl.constexpr, z, s, b, i: tl.
 
 
 @triton.jit
+def _wait_mmas(acc, ASM: tl.constexpr):
+    """acc, once every MMA accumulating into it has finished: an empty inline asm that reads it, so Triton puts
+    a full MMA wait before it (the split product's end of block, see the module docstring). ASM False (the
+    interpreter, which runs no inline asm): acc as it is."""
+    if ASM:
+        acc = tl.inline_asm_elementwise("// all MMAs of the block done", "=r,0", [acc], dtype=tl.float32,
+                                        is_pure=True, pack=1)
+    return acc
+
+
+@triton.jit
 def _block_float_scaled(acc, x_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, z, s, words, b, offs_m, offs_n, mask_m, mask_n,
                         N, K, stride_xm, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr,
-                        EVEN_K: tl.constexpr):
+                        EVEN_K: tl.constexpr, SPLIT_DOT: tl.constexpr, ASM: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block whose weights enter the MMA already scaled, (q - z) * s
-    rounded once to the MMA's dtype: one depth-128 `tl.dot` accumulating into acc, any group size."""
+    rounded once to the MMA's dtype: one depth-128 `tl.dot` accumulating into acc, any group size (SPLIT_DOT:
+    two depth-64 dots, then a full MMA wait)."""
     high = high_word(words)
+    if SPLIT_DOT:
+        for h in tl.static_range(2):  # slabs 4 h .. 4 h + 3: K rows 64 h .. 64 h + 63 of the block
+            w = _join_half(_scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 4 * h, offs_n, mask_n, N, GROUP,
+                                        dot_dtype),
+                           _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 4 * h + 1, offs_n, mask_n, N,
+                                        GROUP, dot_dtype),
+                           _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 4 * h + 2, offs_n, mask_n, N,
+                                        GROUP, dot_dtype),
+                           _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 4 * h + 3, offs_n, mask_n, N,
+                                        GROUP, dot_dtype),
+                           BLOCK_N)  # (BN, 64)
+            xt = _x_rows(x_ptr, b * 128 + 64 * h, 64, offs_m, mask_m, K, stride_xm, EVEN_K).to(dot_dtype)  # (64, BM)
+            acc = tl.dot(w, xt, acc)
+        return _wait_mmas(acc, ASM)
     w = _join_slabs(_scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 0, offs_n, mask_n, N, GROUP, dot_dtype),
                     _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 1, offs_n, mask_n, N, GROUP, dot_dtype),
                     _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 2, offs_n, mask_n, N, GROUP, dot_dtype),
@@ -135,16 +179,34 @@ def _join_slabs(w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _join_half(w0, w1, w2, w3, BLOCK_N: tl.constexpr):
+    """Four (BN, 16) slabs -> the (BN, 64) half block they make, K row 16 i + j = slab i, column j (as
+    `_join_slabs`)."""
+    pairs = tl.join(tl.join(w0, w1), tl.join(w2, w3))  # pairs[n, j, a, b] = slab 2 b + a, column j
+    return tl.reshape(tl.permute(pairs, (0, 3, 2, 1)), (BLOCK_N, 64))
+
+
+@triton.jit
 def _block_half2(acc, x_ptr, z, s, words, b, offs_m, mask_m, K, stride_xm, BLOCK_N: tl.constexpr,
-                 EVEN_K: tl.constexpr, SCALE_OPERAND: tl.constexpr):
+                 EVEN_K: tl.constexpr, SCALE_OPERAND: tl.constexpr, SPLIT_DOT: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
     (`half2.slab_pairs`) to (q - z) / 16, exact, and multiplied in one depth-128 `tl.dot`. The scale times 16
     multiplies the float32 product, or (SCALE_OPERAND) the slabs, to fp16 (q - z) * s
-    (`half2.scaled_slab_pairs`, one HMUL2 more a pair), and the dot accumulates straight into acc.
+    (`half2.scaled_slab_pairs`, one HMUL2 more a pair), and the dot accumulates straight into acc; SPLIT_DOT
+    (with SCALE_OPERAND): two depth-64 dots, then a full MMA wait (module docstring).
     z (int32) and s (float32): (BN, 1), the block's group."""
     s = s * PAIR_SCALE
     z64, z4 = zero_pairs(z)
     zeros = tl.zeros_like(words)  # the pairs, shaped like the words they are read with
+    if SPLIT_DOT:
+        scale16 = scale_pairs(s) + zeros
+        w0, w1, w2, w3 = scaled_half_pairs(words, z64 + zeros, z4 + zeros, scale16, False)  # (BN, 16) each
+        x_low = _x_rows(x_ptr, b * 128, 64, offs_m, mask_m, K, stride_xm, EVEN_K)  # (64, BM)
+        acc = tl.dot(_join_half(w0, w1, w2, w3, BLOCK_N), x_low, acc)
+        w4, w5, w6, w7 = scaled_half_pairs(words, z64 + zeros, z4 + zeros, scale16, True)  # during those MMAs
+        x_high = _x_rows(x_ptr, b * 128 + 64, 64, offs_m, mask_m, K, stride_xm, EVEN_K)  # (64, BM)
+        acc = tl.dot(_join_half(w4, w5, w6, w7, BLOCK_N), x_high, acc)
+        return _wait_mmas(acc, True)  # inline PTX already: this path never runs in the interpreter
     if SCALE_OPERAND:
         w0, w1, w2, w3, w4, w5, w6, w7 = scaled_slab_pairs(words, z64 + zeros, z4 + zeros, scale_pairs(s) + zeros)
     else:
@@ -164,7 +226,8 @@ def gemm_swapped_kernel(
     M, N, K, stride_xm, stride_ym, blocks_per_split, split_k,
     SCALE_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, MERGE_UNROLL: tl.constexpr, DOT_F32: tl.constexpr,
-    HALF2: tl.constexpr, SCALE_OPERAND: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    HALF2: tl.constexpr, SCALE_OPERAND: tl.constexpr, SPLIT_DOT: tl.constexpr, ASM: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid, pid_m, pid_n, pid_k = tile_ids(M, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]  # (BN, 1)
@@ -184,10 +247,10 @@ def gemm_swapped_kernel(
         z, s = load_zero_scale(zs_ptr, (b * 128) // GROUP, offs_n, mask_n, N, SCALE_DTYPE)  # (BN, 1) each
         if HALF2:
             acc = _block_half2(acc, x_ptr, z, s, words, b, offs_m, mask_m, K, stride_xm, BLOCK_N, EVEN_K,
-                               SCALE_OPERAND)
+                               SCALE_OPERAND, SPLIT_DOT)
         elif SCALE_OPERAND:
             acc = _block_float_scaled(acc, x_ptr, zs_ptr, SCALE_DTYPE, z, s, words, b, offs_m, offs_n, mask_m,
-                                      mask_n, N, K, stride_xm, GROUP, BLOCK_N, dot_dtype, EVEN_K)
+                                      mask_n, N, K, stride_xm, GROUP, BLOCK_N, dot_dtype, EVEN_K, SPLIT_DOT, ASM)
         else:
             acc = _block_float(acc, x_ptr, zs_ptr, SCALE_DTYPE, z, s, words, b, offs_m, offs_n, mask_m, mask_n,
                                N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, dot_dtype, EVEN_K)
@@ -214,6 +277,7 @@ def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | N
     m, k = x.shape
     n = weight.out_features
     assert config.block_m >= 16 and config.block_n >= 16, f"tl.dot needs tiles of at least 16, got {config}"
+    assert config.scale_operand or not config.split_dot, f"split_dot needs the scale in the operand, got {config}"
     launch = tiled_launch(x, weight, config)
     grid, blocks_per_split, split_k = launch.grid, launch.blocks_per_split, launch.split_k
     y, workspace, counters = split_buffers(m, n, x, split_k, grid[0])
@@ -223,7 +287,7 @@ def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | N
         SCALE_DTYPE=scale_dtype(weight.dtype), GROUP=weight.group_size, BLOCK_M=config.block_m,
         BLOCK_N=config.block_n, HAS_BIAS=bias is not None, SPLIT=split_k > 1, MERGE_UNROLL=launch.merge_unroll,
         DOT_F32=_interpreter_bf16(x), HALF2=half2 is not False and use_half2(weight, x),
-        SCALE_OPERAND=config.scale_operand,
+        SCALE_OPERAND=config.scale_operand, SPLIT_DOT=config.split_dot, ASM=not interpreting(),
         EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

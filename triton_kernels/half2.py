@@ -35,11 +35,16 @@ import triton.language as tl
 WEIGHT_SCALE = 16.0  # the pairs hold (q - z) / 16: the group's scale is multiplied by this in float32
 
 
+def interpreting() -> bool:
+    """Whether Triton's CPU interpreter runs the kernels (it runs no inline PTX)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def half2_runs(weight, x: torch.Tensor) -> bool:
     """Whether the packed-fp16 arithmetic can run for this prepared weight and x: fp16 weight and
     activations, groups of whole 128-row blocks, a GPU, and not Triton's interpreter (no inline PTX)."""
     return (weight.dtype == torch.float16 and x.dtype == torch.float16 and weight.group_size % 128 == 0
-            and x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1")
+            and x.is_cuda and not interpreting())
 
 
 @triton.jit
@@ -129,21 +134,25 @@ def pair_dot(q0, q1, q2, q3, x0, x1, x2, x3):
     )
 
 
-def _slab_pairs_asm(scaled: bool) -> str:
-    """PTX of `slab_pairs` (scaled: each pair then times the scale pair in $14, one HMUL2). With pack=2 each
-    argument fills two operands, one per word, and both words of a pair belong to one column: $8, $9 are
-    the words, $10 and $12 the first word's zero-point pairs, $14 its scale pair."""
+def _slab_pairs_asm(scaled: bool, halves: tuple[str, ...] = ("lo", "hi")) -> str:
+    """PTX of `slab_pairs` (scaled: each pair then times the scale pair, one HMUL2), for the slabs of `halves`:
+    "lo" gives slabs 0..3, "hi" slabs 4..7, 4 outputs each. With pack=2 each argument fills two operands, one
+    per word, and both words of a pair belong to one column: after the outputs come the two words, the first
+    word's zero-point pairs (z64, z4) and its scale pair."""
+    first = 4 * len(halves)  # the operand number of the first input
+    word_a, word_b, z64, z4, scale = (f"${first + i}" for i in (0, 1, 2, 4, 6))
     lines = [
-        "prmt.b32 lo, $8, $9, 0x5410;", "prmt.b32 hi, $8, $9, 0x7632;",
+        f"prmt.b32 lo, {word_a}, {word_b}, 0x5410;", f"prmt.b32 hi, {word_a}, {word_b}, 0x7632;",
         "shr.u32 lo8, lo, 8;", "shr.u32 hi8, hi, 8;",
     ]
+    sources = [src for half in halves for src in (half, half + "8")]
     for out, (src, mask, mult, zero) in enumerate(
-        (src, mask, mult, zero) for src in ("lo", "lo8", "hi", "hi8")
-        for mask, mult, zero in (("0x000f000f", "by16", "$10"), ("0x00f000f0", "by256", "$12"))
+        (src, mask, mult, zero) for src in sources
+        for mask, mult, zero in (("0x000f000f", "by16", z64), ("0x00f000f0", "by256", z4))
     ):
         lines.append(f"lop3.b32 t, {src}, {mask}, 0x64006400, 0xea;")
         if scaled:
-            lines += [f"fma.rn.f16x2 t, t, {mult}, {zero};", f"mul.rn.f16x2 ${out}, t, $14;"]
+            lines += [f"fma.rn.f16x2 t, t, {mult}, {zero};", f"mul.rn.f16x2 ${out}, t, {scale};"]
         else:
             lines.append(f"fma.rn.f16x2 ${out}, t, {mult}, {zero};")
     body = "\n        ".join(lines)
@@ -157,6 +166,8 @@ def _slab_pairs_asm(scaled: bool) -> str:
 
 SLAB_PAIRS_ASM = tl.constexpr(_slab_pairs_asm(scaled=False))
 SCALED_SLAB_PAIRS_ASM = tl.constexpr(_slab_pairs_asm(scaled=True))
+SCALED_LOW_PAIRS_ASM = tl.constexpr(_slab_pairs_asm(scaled=True, halves=("lo",)))
+SCALED_HIGH_PAIRS_ASM = tl.constexpr(_slab_pairs_asm(scaled=True, halves=("hi",)))
 
 
 @triton.jit
@@ -192,3 +203,17 @@ def scaled_slab_pairs(words, z64, z4, scale16):
         is_pure=True,
         pack=2,
     )
+
+
+@triton.jit
+def scaled_half_pairs(words, z64, z4, scale16, HIGH: tl.constexpr):
+    """Slabs 0..3 (HIGH False) or 4..7 of `scaled_slab_pairs`, the same values: the swapped GEMM's
+    split product (`gemm_swapped.py`) dequantises one half while the other half's MMAs run."""
+    if HIGH:
+        return tl.inline_asm_elementwise(asm=SCALED_HIGH_PAIRS_ASM, constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r",
+                                         args=[words, z64, z4, scale16], dtype=(tl.float16,) * 4, is_pure=True,
+                                         pack=2)
+    else:
+        return tl.inline_asm_elementwise(asm=SCALED_LOW_PAIRS_ASM, constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r",
+                                         args=[words, z64, z4, scale16], dtype=(tl.float16,) * 4, is_pure=True,
+                                         pack=2)

@@ -87,8 +87,11 @@ def test_swapped_gemm_shipped_entries_are_found():
     assert configs.gemm_swapped_config(name, 28672, 8192, 60, 132) == configs.GemmConfig(**entry)  # same bucket
     assert select_kernel(64, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
     assert select_kernel(256, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
-    # M=1024: the fused GEMM measured faster on 28672x8192, dequant+cuBLAS on 22016x4096 (the table's entries)
-    assert select_kernel(1024, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
-    assert select_kernel(1024, 22016, 4096, H100, name) is KernelChoice.DEQUANT_CUBLAS
+    # M=1024: the fused GEMM measured faster than dequant+cuBLAS on all seven shapes (the table's entries);
+    # above the tuned M the fallback table's dequant+cuBLAS
+    for n, k in ((28672, 8192), (22016, 4096), (4096, 4096)):
+        assert select_kernel(1024, n, k, H100, name) is KernelChoice.GEMM_SWAPPED
+    assert select_kernel(8192, 22016, 4096, H100, name) is KernelChoice.DEQUANT_CUBLAS
+    # the measured winner at M=256: the block in two products (split_dot), one M tile of 128 rows
     wide = configs.gemm_swapped_config(name, 28672, 8192, 256, 132)
-    assert (wide.block_m, wide.block_n, wide.scale_operand) == (256, 128, True)  # the measured winner at M=256
+    assert (wide.block_m, wide.block_n, wide.scale_operand, wide.split_dot) == (128, 128, True, True)

@@ -4,6 +4,8 @@ The inline PTX runs only on a GPU (`-m gpu`); on the CPU these tests check the a
 relies on (in numpy fp16) and that configs asking for it fall back to the float32 path where it
 cannot run.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -158,21 +160,35 @@ def test_gemm_swapped_half2_only_where_it_can_run():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inline PTX needs a CUDA GPU")
 @pytest.mark.parametrize("m", [5, 16, 40, 100])
 @pytest.mark.parametrize("k,n,group", [(256, 64, 128), (640, 40, 128), (384, 192, -1), (1024, 128, 256)])
-@pytest.mark.parametrize("scale_operand", [False, True])
+@pytest.mark.parametrize("scale_operand,split_dot", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("block_m,block_n,split_k,warps,stages",
                          [(16, 64, 1, 4, 3), (32, 64, 2, 4, 4), (64, 128, 3, 8, 3), (128, 128, 1, 8, 3),
                           (64, 256, 1, 8, 3)])
-def test_half2_gemm_swapped(m, k, n, group, block_m, block_n, split_k, warps, stages, scale_operand):
+def test_half2_gemm_swapped(m, k, n, group, block_m, block_n, split_k, warps, stages, scale_operand, split_dot):
     """The fp16-pair slabs against the float64 reference over ragged M and N (40), ragged splits (640 rows:
     5 blocks over 3 splits), one group over all of K (-1) and groups of two blocks; as close as the float32
-    path. With the scale inside the operand (`scaled_slab_pairs`) too."""
+    path. With the scale inside the operand (`scaled_slab_pairs`) too, and the block in two halves
+    (`scaled_half_pairs`, split_dot)."""
     layer, x, w = _layer(m, k, n, group, seed=m * 5 + k + n)
     assert swapped.use_half2(w, x)
     config = GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=warps, num_stages=stages,
-                        scale_operand=scale_operand)
+                        scale_operand=scale_operand, split_dot=split_dot)
     ref = reference_matmul(x, layer)
     y = swapped.gemm_swapped(x, w, None, config)
     err = relative_error(y, ref)
     assert err < RTOL, f"relative error {err:.2e}"
     err32 = relative_error(swapped.gemm_swapped(x, w, None, config, half2=False), ref)
     assert err < max(2 * err32, 2e-3), f"fp16-pair error {err:.2e} against float32 path {err32:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inline PTX needs a CUDA GPU")
+@pytest.mark.parametrize("block_m,block_n,warps", [(128, 128, 8), (64, 64, 4)])
+def test_half2_split_dot_is_the_same_product(block_m, block_n, warps):
+    """The block in two halves issues the same depth-16 MMAs on the same fp16 weights in the same order as the
+    one depth-128 product: the outputs agree bit for bit (a half dequantised with the wrong nibbles would not)."""
+    layer, x, w = _layer(100, 1024, 192, 128, seed=11)
+    whole = GemmConfig(block_m=block_m, block_n=block_n, split_k=1, num_warps=warps, num_stages=3, scale_operand=True)
+    halves = dataclasses.replace(whole, split_dot=True)
+    torch.testing.assert_close(swapped.gemm_swapped(x, w, None, halves), swapped.gemm_swapped(x, w, None, whole),
+                               rtol=0, atol=0)

@@ -127,33 +127,37 @@ def test_gemm(m, block_m, split_k, k, n, group, dtype):
     _check(y, layer, x, bias, m, n)
 
 
-@pytest.mark.parametrize("scale_operand", [False, True])
+@pytest.mark.parametrize("scale_operand,split_dot", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("k,n,group", SHAPES)
 @pytest.mark.parametrize("m,block_m,block_n,split_k", [(1, 16, 32, 1), (21, 16, 16, 2), (40, 32, 32, 3)])
-def test_gemm_swapped(m, block_m, block_n, split_k, k, n, group, dtype, scale_operand):
+def test_gemm_swapped(m, block_m, block_n, split_k, k, n, group, dtype, scale_operand, split_dot):
     """The weight-as-first-operand GEMM: M not a multiple of the tile, N not a multiple of the tile
     (n=40, 48), K not a multiple of the block (96, 160), more splits than blocks (k=96, split_k=2, 3); the
-    scale on the float32 product or inside the weight operand (groups of 32 and 64 then share one MMA)."""
+    scale on the float32 product or inside the weight operand (groups of 32 and 64 then share one MMA),
+    there each block in one product or in two halves (split_dot: K rows 0..63, then 64..127)."""
     layer, x, bias = _inputs(m, k, n, group, dtype, seed=3 * m + k + n, with_bias=(m == 21))
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
     config = GemmConfig(block_m=block_m, block_n=block_n, split_k=split_k, num_warps=4, num_stages=1,
-                        scale_operand=scale_operand)
+                        scale_operand=scale_operand, split_dot=split_dot)
     y = gemm_swapped(x, w, bias, config)
     _check(y, layer, x, bias, m, n)
 
 
+@pytest.mark.parametrize("split_dot", [False, True])
 @pytest.mark.parametrize("group", [32, 64, 128])
-def test_gemm_swapped_scaled_operand_is_the_rounded_weight(group):
+def test_gemm_swapped_scaled_operand_is_the_rounded_weight(group, split_dot):
     """With the scale inside the operand, each weight enters the MMA as (q - z) * s rounded once to fp16, the
-    value the dequantise kernel writes: one-hot rows of x read the weight's rows out bit for bit."""
+    value the dequantise kernel writes: one-hot rows of x read the weight's rows out bit for bit (with the
+    block in two halves too: a half multiplied with the other half's activations would read a wrong row)."""
     k, n = 256, 48
     layer, _, _ = _inputs(1, k, n, group, torch.float16, seed=group)
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
     rows = torch.randperm(k, generator=torch.Generator().manual_seed(group))[:40]
     x = torch.zeros((40, k), dtype=torch.float16)
     x[torch.arange(40), rows] = 1.0
-    config = GemmConfig(block_m=16, block_n=16, split_k=1, num_warps=4, num_stages=1, scale_operand=True)
+    config = GemmConfig(block_m=16, block_n=16, split_k=1, num_warps=4, num_stages=1, scale_operand=True,
+                        split_dot=split_dot)
     y = gemm_swapped(x.to(w.device), w, None, config)
     torch.testing.assert_close(y.cpu(), dequantize_prepared(w).cpu()[rows], rtol=0, atol=0)
 
@@ -163,6 +167,13 @@ def test_gemm_swapped_rejects_tiles_below_16():
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
     with pytest.raises(AssertionError, match="at least 16"):
         gemm_swapped(x, w, None, GemmConfig(block_m=8, block_n=32))
+
+
+def test_gemm_swapped_split_dot_needs_the_scale_in_the_operand():
+    layer, x, _ = _inputs(4, 128, 32, 128, torch.float16, seed=0)
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    with pytest.raises(AssertionError, match="split_dot needs the scale in the operand"):
+        gemm_swapped(x, w, None, GemmConfig(block_m=16, block_n=32, split_dot=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
