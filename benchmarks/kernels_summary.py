@@ -7,8 +7,8 @@ Sources, in order of preference for each (shape, M):
   split product (`GemmConfig.split_dot`) and its retune at M = 64..1024, the device check in the run; the
   first run stopped at its call's time limit after 45 rows, within 8192x8192, the second timed the three 70B
   shapes), then `kernels_<gpu>_packed_m1.json` (all seven shapes at M=1, the GEMV retuned after the zero
-  point and scale moved into one word), then `kernels_<gpu>_packed.json` (every shape and M, the same kernels before that
-  M=1 retune, with the swapped GEMM retuned at M = 2..1024 and the device check in the run), then
+  point and scale moved into one word), then `kernels_<gpu>_packed.json` (every shape and M, the same kernels
+  before that M=1 retune, with the swapped GEMM retuned at M = 2..1024 and the device check in the run), then
   `kernels_<gpu>_scaled.json` (all seven shapes at M = 128, 256, 1024, after the swapped GEMM's scale moved
   into its weight operand where that measured faster, with its 256-row tiles and retune), then
   `kernels_<gpu>_flat_m2.json` (all seven shapes at M=2, after the swapped GEMM's M=2 tuning moved three
@@ -45,8 +45,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 GPU = "NVIDIA H100 80GB HBM3"
 CAPABILITY = (9, 0)
 CURRENT = ("current_7b", "current_70b", "half2", "swapped", "swapped_joined", "flat", "flat_m1_checked", "flat_m2",
-           "scaled", "packed", "packed_m1", "split", "split_70b")  # benchmark runs of the shipped kernels, oldest
-# first
+           "scaled", "packed", "packed_m1", "split", "split_70b")  # runs of the shipped kernels, oldest first
 
 
 def _load(name: str) -> dict:

@@ -11,7 +11,6 @@ Pure `tl`: no inline assembly, so the same code runs under `TRITON_INTERPRET=1`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .configs import GemmConfig
+from .half2 import interpreting
 from .nibbles import FLOAT_2_23_BITS, high_word, q_minus_z
 from .prepare import PACK_K, PreparedWeight
 from .splitk import merge_unroll, split_buffers, store_partial
@@ -90,7 +90,7 @@ def gemm_kernel(
 
 def _interpreter_bf16(x: torch.Tensor) -> bool:
     """Triton's CPU interpreter multiplies bf16 `tl.dot` operands as raw uint16 bits: upcast there."""
-    return x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    return x.dtype == torch.bfloat16 and interpreting()
 
 
 @dataclass(frozen=True)

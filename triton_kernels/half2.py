@@ -209,11 +209,6 @@ def scaled_slab_pairs(words, z64, z4, scale16):
 def scaled_half_pairs(words, z64, z4, scale16, HIGH: tl.constexpr):
     """Slabs 0..3 (HIGH False) or 4..7 of `scaled_slab_pairs`, the same values: the swapped GEMM's
     split product (`gemm_swapped.py`) dequantises one half while the other half's MMAs run."""
-    if HIGH:
-        return tl.inline_asm_elementwise(asm=SCALED_HIGH_PAIRS_ASM, constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r",
-                                         args=[words, z64, z4, scale16], dtype=(tl.float16,) * 4, is_pure=True,
-                                         pack=2)
-    else:
-        return tl.inline_asm_elementwise(asm=SCALED_LOW_PAIRS_ASM, constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r",
-                                         args=[words, z64, z4, scale16], dtype=(tl.float16,) * 4, is_pure=True,
-                                         pack=2)
+    return tl.inline_asm_elementwise(asm=SCALED_HIGH_PAIRS_ASM if HIGH else SCALED_LOW_PAIRS_ASM,
+                                     constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r", args=[words, z64, z4, scale16],
+                                     dtype=(tl.float16,) * 4, is_pure=True, pack=2)

@@ -12,7 +12,6 @@ arithmetic as `awq_layout.dequantize_awq_gemm`), then matmul.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
@@ -25,6 +24,7 @@ from .fusion import LinearFusion, reference_fusion
 from .gemm import gemm
 from .gemm_swapped import gemm_swapped
 from .gemv import gemv
+from .half2 import interpreting
 from .prepare import PreparedWeight, dequantize_prepared
 
 
@@ -59,7 +59,7 @@ def _kernel_target(device: torch.device, what: str) -> tuple[str | None, int]:
     if device.type == "cuda":
         name, _, sms = _cuda_info(device)
         return name, sms
-    assert os.environ.get("TRITON_INTERPRET") == "1", f"{what} on {device} needs TRITON_INTERPRET=1"
+    assert interpreting(), f"{what} on {device} needs TRITON_INTERPRET=1"
     return None, 4
 
 
