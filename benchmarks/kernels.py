@@ -33,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from triton_kernels import KernelChoice, PreparedWeight, prepare, select_kernel, w4a16_linear  # noqa: E402
 from triton_kernels import configs  # noqa: E402
-from triton_kernels.configs import GemmConfig, GemvConfig  # noqa: E402
+from triton_kernels.configs import GemmConfig, GemvConfig, WsConfig  # noqa: E402
 from triton_kernels.dequant import dequant_matmul  # noqa: E402
 from triton_kernels.gemm import gemm  # noqa: E402
 from triton_kernels.gemm_swapped import gemm_swapped  # noqa: E402
 from triton_kernels.gemv import gemv  # noqa: E402
+from triton_kernels.ops import gemm_ws  # noqa: E402  (None where this Triton has no Gluon)
 from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error  # noqa: E402
 from triton_kernels.zero_scale import pack_zero_scales  # noqa: E402
 
@@ -100,6 +101,10 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemm_swapped_split_dot": lambda x, w, b: gemm_swapped(
             x, w, b, GemmConfig(block_m=128, block_n=128, split_k=2, num_warps=8, num_stages=3, scale_operand=True,
                                 split_dot=True)),
+        # The warp-specialised Hopper GEMM (fp16, groups of whole 128-row blocks: the cases it runs on).
+        "gemm_ws": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=256, stages=3)),
+        "gemm_ws_persistent": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=128, stages=4,
+                                                                                persistent=True)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
@@ -114,6 +119,8 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
                 ref = reference_matmul(x, layer, bias)
                 for name, fn in kernels.items():
                     if name.startswith("gemv") and m > 8:
+                        continue
+                    if name.startswith("gemm_ws") and not (gemm_ws is not None and gemm_ws.runs(w, x)):
                         continue
                     y = fn(x, w, bias)
                     err = relative_error(y, ref)
@@ -335,6 +342,11 @@ WIDE_M_STAGES = (3,)
 # Where the group's scale enters (`GemmConfig.scale_operand`) and, with it in the operand, whether each block
 # is multiplied as two halves (`GemmConfig.split_dot`): all three are tried at every M
 SCALE_PLACEMENTS = ((False, False), (True, False), (True, True))
+# Warp-specialised GEMM configs (`gemm_ws.py`, Hopper): (block_m, stages, persistent). 256-row tiles fit 3 stages
+# of shared memory, 128-row ones 5; the 128-row ones ran 1.11-1.19x faster persistent, the 256-row ones 0.93-1.05x
+# (results/gemm_ws_variants_<gpu>.json)
+WS_CONFIGS = ((256, 3, False), (256, 3, True), (128, 4, True), (128, 5, True))
+WS_MIN_M = 64  # tuned and timed from this M (below it the swapped GEMM's 16..64-row tiles fit M better)
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
 SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -391,6 +403,13 @@ def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
     return out
 
 
+def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
+    if gemm_ws is None or torch.cuda.get_device_capability(0)[0] != 9:
+        return []
+    return [WsConfig(block_m=block_m, stages=stages, persistent=persistent)
+            for block_m, stages, persistent in WS_CONFIGS]
+
+
 def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple, part=(0, 1)) -> None:
     """Tune `kinds` at `ms` on `shapes`; entries tuned before for other (kernel, shape, M) are kept.
 
@@ -419,6 +438,8 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                 ("gemm", gemm_candidates(m, n, k) if m <= 256 else [], gemm, "gemm" in kinds),
                 ("gemm_swapped", gemm_swapped_candidates(m, n, k) if 2 <= m <= SWAPPED_MAX_M else [], gemm_swapped,
                  "gemm_swapped" in kinds),
+                ("gemm_ws", gemm_ws_candidates(m, n, k) if WS_MIN_M <= m <= SWAPPED_MAX_M else [],
+                 gemm_ws and gemm_ws.gemm_ws, "gemm_ws" in kinds),
             ):
                 entry = entries.get(configs.config_key(kind, n, k, m))
                 if not tuned:
@@ -493,11 +514,15 @@ def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
             choice = select_kernel(m, n, k, cap, name)
             row = dict(shape=shape, n=n, k=k, m=m, dispatched=choice.value)
             row["fp16_us"] = time_ring(lambda xx, ww: F.linear(xx, ww), fp16, x)
-            for kernel in (KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.GEMM_SWAPPED, KernelChoice.DEQUANT_CUBLAS):
+            for kernel in (KernelChoice.GEMV, KernelChoice.GEMM, KernelChoice.GEMM_SWAPPED, KernelChoice.GEMM_WS,
+                           KernelChoice.DEQUANT_CUBLAS):
                 # The dispatched kernel, plus the alternatives where the choice is close: GEMV vs GEMM up
                 # to the GEMV's largest M (M = 1 is the single-query question), GEMM vs dequant+cuBLAS from M = 64.
                 alternatives = {KernelChoice.GEMV: m <= GEMV_MAX_M, KernelChoice.GEMM: m <= GEMV_MAX_M or m >= 64,
-                                KernelChoice.GEMM_SWAPPED: 2 <= m <= SWAPPED_MAX_M, KernelChoice.DEQUANT_CUBLAS: m >= 64}
+                                KernelChoice.GEMM_SWAPPED: 2 <= m <= SWAPPED_MAX_M,
+                                KernelChoice.GEMM_WS: WS_MIN_M <= m <= SWAPPED_MAX_M
+                                and bool(gemm_ws_candidates(m, n, k)),
+                                KernelChoice.DEQUANT_CUBLAS: m >= 64}
                 wanted = kernel is choice or alternatives[kernel]
                 if not wanted:
                     continue
@@ -528,7 +553,8 @@ def format_row(r: dict) -> str:
             f"fp16 {r['fp16_us']:8.1f}", f"gemlite {r.get('gemlite_us', float('nan')):8.1f}",
             f"floor {r['floor_us']:6.1f}", f"x{r['speedup_vs_fp16']:5.2f} fp16",
             f"x{r.get('speedup_vs_gemlite', float('nan')):5.2f} gl", f"{100 * r['floor_fraction']:5.1f}% floor"]
-    extra = " ".join(f"{k[:-3]}={r[k]:.1f}" for k in ("gemv_us", "gemm_us", "gemm_swapped_us", "dequant_cublas_us") if k in r)
+    kinds = ("gemv_us", "gemm_us", "gemm_swapped_us", "gemm_ws_us", "dequant_cublas_us")
+    extra = " ".join(f"{k[:-3]}={r[k]:.1f}" for k in kinds if k in r)
     return " ".join(cols) + "  | " + extra
 
 
@@ -542,7 +568,7 @@ def main() -> None:
                         help="M=1: time the tuned GEMV against streaming its words alone (what limits it)")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--ms", default=",".join(map(str, MS)))
-    parser.add_argument("--kinds", default="gemv,gemm,gemm_swapped,dequant_cublas",
+    parser.add_argument("--kinds", default="gemv,gemm,gemm_swapped,gemm_ws,dequant_cublas",
                         help="kernels --autotune tunes or times (others keep their entries)")
     parser.add_argument("--out", type=Path, default=None, help="also copy result files here")
     parser.add_argument("--part", default="0/1", help="i/n: with --check-only or --warm-only, do every n-th item from i")

@@ -70,6 +70,19 @@ class GemmConfig:
     split_dot: bool = False
 
 
+@dataclass(frozen=True)
+class WsConfig:
+    """The warp-specialised Hopper GEMM (`gemm_ws.py`): tiles of block_m rows of x by 128 weight columns."""
+
+    block_m: int = 256
+    stages: int = 3  # shared buffers in the load warp's ring (a 256-row stage takes 72 KB: 3 fit)
+    # One program per multiprocessor looping over tiles (the ring runs on from one tile into the next), or one
+    # program a tile. H100: 128-row tiles 1.11-1.19x faster persistent, 256-row ones 0.93-1.05x
+    # (benchmarks/results/gemm_ws_variants_<gpu>.json)
+    persistent: bool = False
+    mma_registers: int = 232  # registers a thread of each MMA warpgroup (the load warp keeps 40)
+
+
 def bucket_m(m: int) -> int:
     """Round M up to a power of two, capped at MAX_BUCKET: the key of the config cache."""
     assert m >= 1, f"M must be positive, got {m}"
@@ -180,6 +193,16 @@ def default_gemm_swapped(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
                       scale_operand=scale_operand)
 
 
+# The fallback warp-specialised GEMM from this M on: 256-row tiles, one a program. On the H100 they beat the
+# 128-row ones at M=1024 on all seven shapes and at M=256 on 12288x4096 and 28672x8192 only
+# (results/gemm_ws_variants_<gpu>.json); below it, 128-row tiles on a persistent grid.
+WIDE_WS_M = 512
+
+
+def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
+    return WsConfig() if m >= WIDE_WS_M else WsConfig(block_m=128, stages=4, persistent=True)
+
+
 def gemv_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemvConfig:
     entry = _nearest_entry(load_table(gpu_name), "gemv", n, k, m) if gpu_name else None
     return GemvConfig(**entry) if entry else default_gemv(n, k, m, sm_count)
@@ -195,5 +218,10 @@ def gemm_swapped_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: 
     return GemmConfig(**entry) if entry else default_gemm_swapped(n, k, m, sm_count)
 
 
-def as_entry(config: GemvConfig | GemmConfig) -> dict:
+def gemm_ws_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> WsConfig:
+    entry = _nearest_entry(load_table(gpu_name), "gemm_ws", n, k, m) if gpu_name else None
+    return WsConfig(**entry) if entry else default_gemm_ws(n, k, m, sm_count)
+
+
+def as_entry(config: GemvConfig | GemmConfig | WsConfig) -> dict:
     return asdict(config)

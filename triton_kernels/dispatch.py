@@ -24,6 +24,7 @@ class KernelChoice(enum.Enum):
     GEMV = "gemv"
     GEMM = "gemm"
     GEMM_SWAPPED = "gemm_swapped"
+    GEMM_WS = "gemm_ws"
     DEQUANT_CUBLAS = "dequant_cublas"
     TORCH = "torch"
 
@@ -33,6 +34,7 @@ class Rule:
     max_m: int  # the rule applies to M <= max_m (first match wins)
     choice: KernelChoice
     reason: str
+    capability_major: int | None = None  # only on GPUs of this compute capability major (None: any)
 
 
 DISPATCH_TABLE: tuple[Rule, ...] = (
@@ -47,9 +49,15 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "(shape, M=4..256) pairs (12288x4096 M=4: 17.0 vs GEMM 24.3 vs GEMV 25.8 us; M=64: 26.9 vs 52.4 vs "
          "dequant+cuBLAS 84.6; 28672x8192 M=64: 100.0 vs 223.3 vs 383.0; M=256, with the scale inside the weight "
          "operand and 256-row tiles: 256.4 vs 674.1 vs 410.0)"),
+    Rule(1024, KernelChoice.GEMM_WS,
+         "256<M<=1024 on Hopper: the warp-specialised GEMM (`gemm_ws.py`: a load warp feeding two MMA warpgroups "
+         "that meet only at the buffers' barriers, so one dequantises while the other's MMAs run) beat the swapped "
+         "GEMM at M=1024 on all seven benchmark shapes on the H100 by 1.09-1.34x, at 0.82-0.99x fp16 cuBLAS "
+         "(28672x8192: 664.8 vs 893.8 us, fp16 626.5; 8192x28672: 616.1 vs 795.0, fp16 609.3; "
+         "results/gemm_ws_variants_<gpu>.json)", capability_major=9),
     Rule(1024, KernelChoice.GEMM_SWAPPED,
-         "256<M<=1024: with the group's zero point and scale in one word that the pipeliner copies ahead and, "
-         "on the 7B qkv and gate+up shapes, each block in two products (`GemmConfig.split_dot`), the swapped "
+         "256<M<=1024 elsewhere: with the group's zero point and scale in one word that the pipeliner copies ahead "
+         "and, on the 7B qkv and gate+up shapes, each block in two products (`GemmConfig.split_dot`), the swapped "
          "GEMM (the scale inside the weight operand) beat dequant+cuBLAS at M=1024 on all seven benchmark "
          "shapes on the H100, by 1-8% (28672x8192: 785.5 vs 849.5 us; 22016x4096: 313.8 vs 330.2; 4096x4096: "
          "58.9 vs 59.5), at 0.77-0.79x fp16 cuBLAS"),
@@ -95,6 +103,6 @@ def select_kernel(
     if measured is not None:
         return measured
     for rule in DISPATCH_TABLE:
-        if m <= rule.max_m:
+        if m <= rule.max_m and rule.capability_major in (None, device_capability[0]):
             return rule.choice
     raise AssertionError(f"DISPATCH_TABLE has no rule for M={m}")

@@ -27,6 +27,11 @@ from .gemv import gemv
 from .half2 import interpreting
 from .prepare import PreparedWeight, dequantize_prepared
 
+try:  # Gluon (Triton's explicit-layout language) ships with Triton from 3.4 on
+    from . import gemm_ws
+except ImportError:  # an older Triton: the swapped GEMM takes the warp-specialised GEMM's calls
+    gemm_ws = None
+
 
 @functools.lru_cache(maxsize=None)
 def _device_info(index: int) -> tuple[str, tuple[int, int], int]:
@@ -78,6 +83,10 @@ def _run(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, ker
         return dequant_matmul(x, weight, bias)
     if kernel is KernelChoice.GEMV:
         return gemv(x, weight, bias, configs.gemv_config(name, n, k, m, sms))
+    if kernel is KernelChoice.GEMM_WS:
+        if gemm_ws is not None and gemm_ws.runs(weight, x):
+            return gemm_ws.gemm_ws(x, weight, bias, configs.gemm_ws_config(name, n, k, m, sms))
+        kernel = KernelChoice.GEMM_SWAPPED  # bf16, groups under 128 rows, K % 8 or no Hopper: the nearest kernel
     if kernel is KernelChoice.GEMM_SWAPPED:
         return gemm_swapped(x, weight, bias, configs.gemm_swapped_config(name, n, k, m, sms))
     assert kernel is KernelChoice.GEMM, f"unknown kernel {kernel}"

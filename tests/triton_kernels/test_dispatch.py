@@ -11,16 +11,23 @@ H100 = (9, 0)
 
 def test_table_is_ordered_and_explained():
     limits = [rule.max_m for rule in DISPATCH_TABLE]
-    assert limits == sorted(limits) and len(set(limits)) == len(limits)
+    assert limits == sorted(limits)
+    general = [rule.max_m for rule in DISPATCH_TABLE if rule.capability_major is None]
+    assert len(set(general)) == len(general)  # one rule for any GPU per M range, after the GPU-specific ones
+    for i, rule in enumerate(DISPATCH_TABLE):
+        if rule.capability_major is not None:  # followed by a rule for the other GPUs of the same range
+            assert DISPATCH_TABLE[i + 1].max_m == rule.max_m and DISPATCH_TABLE[i + 1].capability_major is None
     assert all(len(rule.reason) > 20 for rule in DISPATCH_TABLE)
     assert {rule.choice for rule in DISPATCH_TABLE} == {KernelChoice.GEMV, KernelChoice.GEMM_SWAPPED,
-                                                     KernelChoice.DEQUANT_CUBLAS}
+                                                     KernelChoice.GEMM_WS, KernelChoice.DEQUANT_CUBLAS}
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 64, 256, 257, 1024, 8192])
 def test_choice_follows_table(m):
-    expected = next(rule.choice for rule in DISPATCH_TABLE if m <= rule.max_m)
-    assert select_kernel(m, 4096, 4096, H100) is expected
+    for capability in (H100, (8, 0)):
+        expected = next(rule.choice for rule in DISPATCH_TABLE
+                        if m <= rule.max_m and rule.capability_major in (None, capability[0]))
+        assert select_kernel(m, 4096, 4096, capability) is expected
 
 
 def test_regimes():
@@ -86,11 +93,13 @@ def test_swapped_gemm_shipped_entries_are_found():
     assert configs.gemm_swapped_config(name, 28672, 8192, 64, 132) == configs.GemmConfig(**entry)
     assert configs.gemm_swapped_config(name, 28672, 8192, 60, 132) == configs.GemmConfig(**entry)  # same bucket
     assert select_kernel(64, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
-    assert select_kernel(256, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
-    # M=1024: the fused GEMM measured faster than dequant+cuBLAS on all seven shapes (the table's entries);
+    assert select_kernel(256, 28672, 8192, H100, name) is KernelChoice.GEMM_WS
+    assert select_kernel(256, 4096, 4096, H100, name) is KernelChoice.GEMM_SWAPPED  # too few 128-column tiles
+    # M=1024: the warp-specialised GEMM measured fastest on all seven shapes (the table's entries);
     # above the tuned M the fallback table's dequant+cuBLAS
     for n, k in ((28672, 8192), (22016, 4096), (4096, 4096)):
-        assert select_kernel(1024, n, k, H100, name) is KernelChoice.GEMM_SWAPPED
+        assert select_kernel(1024, n, k, H100, name) is KernelChoice.GEMM_WS
+        assert configs.gemm_ws_config(name, n, k, 1024, 132).block_m == 256
     assert select_kernel(8192, 22016, 4096, H100, name) is KernelChoice.DEQUANT_CUBLAS
     # the measured winner at M=256: the block in two products (split_dot), one M tile of 128 rows
     wide = configs.gemm_swapped_config(name, 28672, 8192, 256, 132)

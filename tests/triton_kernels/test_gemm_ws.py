@@ -1,0 +1,115 @@
+"""The warp-specialised Hopper GEMM (`gemm_ws.py`): when it runs, its configs, and on a Hopper GPU its results
+against a float64 reference. Gluon has no CPU interpreter, so the kernel itself runs only on the GPU tests."""
+import pytest
+import torch
+
+from triton_kernels import KernelChoice, configs, w4a16_linear
+from triton_kernels.dispatch import select_kernel
+from triton_kernels.prepare import PreparedWeight, dequantize_prepared, prepare
+from triton_kernels.testing import RTOL, random_awq_layer, relative_error
+
+gemm_ws = pytest.importorskip("triton_kernels.gemm_ws", reason="this Triton has no Gluon")
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] == 9
+SHARED_BYTES = 227 * 1024  # an H100 program's shared memory
+
+
+def _weight(k: int, n: int, group: int, dtype=torch.float16, device="cpu") -> PreparedWeight:
+    layer = random_awq_layer(k, n, group, dtype, device=device, seed=k + n + group)
+    return prepare(layer.qweight, layer.qzeros, layer.scales, group)
+
+
+def test_dispatch_takes_it_on_hopper_only():
+    for m in (257, 512, 1024):
+        assert select_kernel(m, 4096, 4096, (9, 0)) is KernelChoice.GEMM_WS
+        assert select_kernel(m, 4096, 4096, (8, 0)) is KernelChoice.GEMM_SWAPPED
+        assert select_kernel(m, 4096, 4096, (10, 0)) is KernelChoice.GEMM_SWAPPED
+    assert select_kernel(256, 4096, 4096, (9, 0)) is KernelChoice.GEMM_SWAPPED
+    assert select_kernel(1025, 4096, 4096, (9, 0)) is KernelChoice.DEQUANT_CUBLAS
+
+
+def test_fits_only_what_the_kernel_takes():
+    w = _weight(256, 128, 128)
+    x = torch.randn(300, 256, dtype=torch.float16)
+    assert gemm_ws.fits((9, 0), w, x)
+    assert not gemm_ws.fits((8, 9), w, x) and not gemm_ws.fits((10, 0), w, x)  # wgmma and setmaxnreg: sm_90
+    assert not gemm_ws.fits((9, 0), _weight(256, 128, 64), x)  # a group inside a 128-row block
+    assert not gemm_ws.fits((9, 0), _weight(256, 128, 128, torch.bfloat16), x.bfloat16())  # fp16 pairs only
+    x_odd = torch.randn(300, 260, dtype=torch.float16)[:, :256]  # rows 520 bytes apart: not 16-byte aligned
+    assert not gemm_ws.fits((9, 0), w, x_odd)
+    assert not gemm_ws.fits((9, 0), w, torch.randn(256, 300, dtype=torch.float16).t())  # column stride 300
+    assert not gemm_ws.runs(w, x)  # on the CPU
+
+
+def test_op_hands_calls_it_cannot_take_to_the_swapped_gemm():
+    """The kernel choice GEMM_WS on a call the kernel cannot take (here: the CPU interpreter) runs the swapped
+    GEMM with its own config, giving its exact result."""
+    if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the kernels need a GPU or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    w = _weight(384, 96, 64, device=device)  # groups of 64: never the warp-specialised kernel
+    x = torch.randn(70, 384, dtype=torch.float16, device=device)
+    ws = w4a16_linear(x, w, kernel=KernelChoice.GEMM_WS)
+    swapped = w4a16_linear(x, w, kernel=KernelChoice.GEMM_SWAPPED)
+    assert torch.equal(ws, swapped)
+    ref = (x.double() @ dequantize_prepared(w).double()).cpu()
+    assert relative_error(ws, ref) < RTOL
+
+
+@pytest.mark.parametrize("m", [64, 128, 256, 300, 512, 1024, 4096])
+def test_default_config_fits_shared_memory(m):
+    c = configs.default_gemm_ws(4096, 4096, m, 132)
+    assert c.block_m == (256 if m >= configs.WIDE_WS_M else 128)
+    stage = 2 * c.block_m * gemm_ws.X_BOX * 2 + 2 * gemm_ws.COLUMNS_PER_WARPGROUP * 16 * 4  # x halves + words
+    assert c.stages * stage <= SHARED_BYTES, f"{c} needs {c.stages * stage} bytes of shared memory"
+    assert c.mma_registers % 8 == 0 and 2 * c.mma_registers + 40 <= 3 * 168  # setmaxnreg: the kernel's budget
+
+
+def test_shipped_entries_are_configs():
+    name = "NVIDIA H100 80GB HBM3"
+    entries = {k: v for k, v in configs.load_table(name).items() if k.startswith("gemm_ws/")}
+    for key, entry in entries.items():
+        c = configs.WsConfig(**entry)
+        stage = 2 * c.block_m * gemm_ws.X_BOX * 2 + 2 * gemm_ws.COLUMNS_PER_WARPGROUP * 16 * 4
+        assert c.stages * stage <= SHARED_BYTES, key
+
+
+CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), configs.WsConfig(256, 3, True),
+           configs.WsConfig(128, 5, False)]
+
+
+@pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}")
+@pytest.mark.parametrize("n, k, m, group, bias", [
+    (256, 512, 256, 128, False),
+    (200, 1152, 300, 128, True),  # N not a multiple of 128 (nor K of 256), M not of the tile, a bias
+    (384, 384, 17, 128, False),  # fewer rows than a tile
+    (128, 4096, 1024, -1, False),  # one group over all of K
+    (4096, 4096, 1000, 128, True),  # more tiles than multiprocessors: several a persistent program
+    (136, 256, 64, 256, False),
+])
+def test_matches_float64_reference(config, n, k, m, group, bias):
+    torch.manual_seed(n + k + m)
+    w = _weight(k, n, group, device="cuda")
+    x = torch.randn((m, k), device="cuda", dtype=torch.float16)
+    b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
+    ref = (x.double() @ dequantize_prepared(w).double() + (b.double() if bias else 0)).cpu()  # (M, N)
+    y = gemm_ws.gemm_ws(x, w, b, config)
+    assert y.shape == (m, n) and y.dtype == torch.float16
+    assert relative_error(y, ref) < RTOL
+    # through the op, with the config it looks up for this shape
+    assert relative_error(w4a16_linear(x, w, b, kernel=KernelChoice.GEMM_WS), ref) < RTOL
+
+
+@pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
+def test_runs_inside_a_cuda_graph():
+    w = _weight(1024, 512, 128, device="cuda")
+    x = torch.randn((512, 1024), device="cuda", dtype=torch.float16)
+    config = configs.WsConfig(128, 4, True)
+    eager = gemm_ws.gemm_ws(x, w, None, config)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = gemm_ws.gemm_ws(x, w, None, config)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(eager, captured)
