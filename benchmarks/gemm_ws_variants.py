@@ -24,9 +24,8 @@ from triton_kernels import KernelChoice, w4a16_linear  # noqa: E402
 from triton_kernels import configs  # noqa: E402
 from triton_kernels.configs import WsConfig  # noqa: E402
 from triton_kernels.gemm_ws import gemm_ws  # noqa: E402
-from triton_kernels.prepare import PreparedWeight, dequantize_prepared  # noqa: E402
+from triton_kernels.prepare import dequantize_prepared  # noqa: E402
 from triton_kernels.testing import RTOL  # noqa: E402
-from triton_kernels.zero_scale import pack_zero_scales  # noqa: E402
 
 VARIANTS = (WsConfig(256, 3, False), WsConfig(256, 3, True), WsConfig(128, 4, False), WsConfig(128, 4, True),
             WsConfig(128, 5, True))
@@ -38,18 +37,11 @@ def name(c: WsConfig) -> str:
     return f"ws_{c.block_m}_{c.stages}_{int(c.persistent)}"
 
 
-def with_group(w: PreparedWeight, group: int) -> PreparedWeight:
-    groups = -(-w.padded_in_features // group)
-    zs = pack_zero_scales(torch.randint(0, 16, (groups, w.out_features), dtype=torch.uint8, device="cuda"),
-                          (torch.rand((groups, w.out_features), device="cuda") * 0.02 + 0.005).half())
-    return PreparedWeight(w.qweight, zs, w.dtype, group, w.in_features, w.out_features)
-
-
 def check() -> list[dict]:
     rows = []
     for config in (VARIANTS[0], VARIANTS[3], VARIANTS[1]):
         for n, k, m, group, bias in CHECK_CASES:
-            w = with_group(random_prepared(n, k), group)
+            w = random_prepared(n, k, group=group)
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
             b = torch.randn(n, device="cuda", dtype=torch.float16) if bias else None
             ref = x.double() @ dequantize_prepared(w).double() + (b.double() if bias else 0)  # (M, N)

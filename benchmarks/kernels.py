@@ -229,15 +229,15 @@ def floor_bytes(m: int, n: int, k: int) -> int:
     return n * k // 2 + groups * n * 2 + groups * n // 2 + 2 * m * k + 2 * m * n
 
 
-def random_prepared(n: int, k: int, dtype=torch.float16) -> PreparedWeight:
+def random_prepared(n: int, k: int, dtype=torch.float16, group: int = GROUP) -> PreparedWeight:
     """A layer with random codes in the prepared layout (timing only: distinct memory per layer)."""
     k_pad = -(-k // 128) * 128
-    groups = -(-k_pad // GROUP)
+    groups = -(-k_pad // group)
     return PreparedWeight(
         qweight=torch.randint(-(2**31), 2**31 - 1, (k_pad // 128, n, 16), dtype=torch.int32, device="cuda"),
         zero_scales=pack_zero_scales(torch.randint(0, 16, (groups, n), dtype=torch.uint8, device="cuda"),
                                      (torch.rand((groups, n), device="cuda") * 0.02 + 0.005).to(dtype)),
-        dtype=dtype, group_size=GROUP, in_features=k, out_features=n,
+        dtype=dtype, group_size=group, in_features=k, out_features=n,
     )
 
 
@@ -404,7 +404,8 @@ def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
 
 
 def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
-    if gemm_ws is None or torch.cuda.get_device_capability(0)[0] != 9:
+    """WS_CONFIGS from WS_MIN_M to SWAPPED_MAX_M, on a Hopper GPU with a Triton that has Gluon."""
+    if gemm_ws is None or torch.cuda.get_device_capability(0)[0] != 9 or not WS_MIN_M <= m <= SWAPPED_MAX_M:
         return []
     return [WsConfig(block_m=block_m, stages=stages, persistent=persistent)
             for block_m, stages, persistent in WS_CONFIGS]
@@ -438,8 +439,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                 ("gemm", gemm_candidates(m, n, k) if m <= 256 else [], gemm, "gemm" in kinds),
                 ("gemm_swapped", gemm_swapped_candidates(m, n, k) if 2 <= m <= SWAPPED_MAX_M else [], gemm_swapped,
                  "gemm_swapped" in kinds),
-                ("gemm_ws", gemm_ws_candidates(m, n, k) if WS_MIN_M <= m <= SWAPPED_MAX_M else [],
-                 gemm_ws and gemm_ws.gemm_ws, "gemm_ws" in kinds),
+                ("gemm_ws", gemm_ws_candidates(m, n, k), gemm_ws and gemm_ws.gemm_ws, "gemm_ws" in kinds),
             ):
                 entry = entries.get(configs.config_key(kind, n, k, m))
                 if not tuned:
@@ -520,8 +520,7 @@ def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
                 # to the GEMV's largest M (M = 1 is the single-query question), GEMM vs dequant+cuBLAS from M = 64.
                 alternatives = {KernelChoice.GEMV: m <= GEMV_MAX_M, KernelChoice.GEMM: m <= GEMV_MAX_M or m >= 64,
                                 KernelChoice.GEMM_SWAPPED: 2 <= m <= SWAPPED_MAX_M,
-                                KernelChoice.GEMM_WS: WS_MIN_M <= m <= SWAPPED_MAX_M
-                                and bool(gemm_ws_candidates(m, n, k)),
+                                KernelChoice.GEMM_WS: bool(gemm_ws_candidates(m, n, k)),
                                 KernelChoice.DEQUANT_CUBLAS: m >= 64}
                 wanted = kernel is choice or alternatives[kernel]
                 if not wanted:

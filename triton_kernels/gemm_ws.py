@@ -139,20 +139,6 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, 
 
 
 @gluon.jit
-def _mma_first(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks, blocks_per_group,
-               has_bias, first_tile, tile_step):
-    _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                   blocks_per_group, has_bias, first_tile, tile_step, 0)
-
-
-@gluon.jit
-def _mma_second(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks, blocks_per_group,
-                has_bias, first_tile, tile_step):
-    _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                   blocks_per_group, has_bias, first_tile, tile_step, 1)
-
-
-@gluon.jit
 def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks, blocks_per_group, has_bias,
                    BLOCK_M: gl.constexpr, STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr):
     """Output tiles of (BLOCK_M rows of x) x (128 weight columns): one a program, or (PERSISTENT) tiles pid,
@@ -169,12 +155,17 @@ def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_b
     first_tile = gl.program_id(0)
     tile_step = gl.num_programs(0) if PERSISTENT else gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     gl.warp_specialize([
-        (_mma_first, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                      blocks_per_group, has_bias, first_tile, tile_step)),
-        (_mma_second, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                       blocks_per_group, has_bias, first_tile, tile_step)),
+        (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
+                          blocks_per_group, has_bias, first_tile, tile_step, 0)),  # WG written out: a constexpr
+        (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
+                          blocks_per_group, has_bias, first_tile, tile_step, 1)),
         (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, first_tile, tile_step)),
     ], [4, 1], [MMA_REGS, 40])
+
+
+def stage_bytes(block_m: int) -> int:
+    """Shared memory of one buffer of the ring: the (block_m, 128) fp16 x tile and the (128, 16) int32 words."""
+    return 2 * block_m * X_BOX * 2 + 2 * COLUMNS_PER_WARPGROUP * 16 * 4
 
 
 def fits(capability: tuple[int, int], weight: PreparedWeight, x: torch.Tensor) -> bool:

@@ -5,6 +5,7 @@ import torch
 
 from triton_kernels import KernelChoice, configs, w4a16_linear
 from triton_kernels.dispatch import select_kernel
+from triton_kernels.half2 import interpreting
 from triton_kernels.prepare import PreparedWeight, dequantize_prepared, prepare
 from triton_kernels.testing import RTOL, random_awq_layer, relative_error
 
@@ -44,7 +45,7 @@ def test_fits_only_what_the_kernel_takes():
 def test_op_hands_calls_it_cannot_take_to_the_swapped_gemm():
     """The kernel choice GEMM_WS on a call the kernel cannot take (here: the CPU interpreter) runs the swapped
     GEMM with its own config, giving its exact result."""
-    if not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1":
+    if not torch.cuda.is_available() and not interpreting():
         pytest.skip("the kernels need a GPU or TRITON_INTERPRET=1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     w = _weight(384, 96, 64, device=device)  # groups of 64: never the warp-specialised kernel
@@ -60,8 +61,7 @@ def test_op_hands_calls_it_cannot_take_to_the_swapped_gemm():
 def test_default_config_fits_shared_memory(m):
     c = configs.default_gemm_ws(4096, 4096, m, 132)
     assert c.block_m == (256 if m >= configs.WIDE_WS_M else 128)
-    stage = 2 * c.block_m * gemm_ws.X_BOX * 2 + 2 * gemm_ws.COLUMNS_PER_WARPGROUP * 16 * 4  # x halves + words
-    assert c.stages * stage <= SHARED_BYTES, f"{c} needs {c.stages * stage} bytes of shared memory"
+    assert c.stages * gemm_ws.stage_bytes(c.block_m) <= SHARED_BYTES, f"{c} overflows shared memory"
     assert c.mma_registers % 8 == 0 and 2 * c.mma_registers + 40 <= 3 * 168  # setmaxnreg: the kernel's budget
 
 
@@ -70,8 +70,7 @@ def test_shipped_entries_are_configs():
     entries = {k: v for k, v in configs.load_table(name).items() if k.startswith("gemm_ws/")}
     for key, entry in entries.items():
         c = configs.WsConfig(**entry)
-        stage = 2 * c.block_m * gemm_ws.X_BOX * 2 + 2 * gemm_ws.COLUMNS_PER_WARPGROUP * 16 * 4
-        assert c.stages * stage <= SHARED_BYTES, key
+        assert c.stages * gemm_ws.stage_bytes(c.block_m) <= SHARED_BYTES, key
 
 
 CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), configs.WsConfig(256, 3, True),
