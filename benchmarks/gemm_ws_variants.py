@@ -29,17 +29,20 @@ from triton_kernels.testing import RTOL  # noqa: E402
 
 VARIANTS = (WsConfig(256, 3, False), WsConfig(256, 3, True), WsConfig(128, 4, False), WsConfig(128, 4, True),
             WsConfig(128, 5, True))
+# Checked against float64 first: both tile heights, persistent or not, and K split over programs (fixed-order sum)
+CHECKED = (WsConfig(256, 3, False), WsConfig(128, 4, True), WsConfig(256, 3, True), WsConfig(64, 6, False, split_k=3),
+           WsConfig(128, 5, True, split_k=2), WsConfig(32, 8, True, split_k=4))
 CHECK_CASES = ((256, 512, 256, 128, False), (200, 1000, 300, 128, True), (384, 384, 17, 128, False),  # N K M group bias
                (128, 4096, 1024, 4096, False), (4096, 4096, 1000, 128, True), (136, 256, 64, 256, False))
 
 
 def name(c: WsConfig) -> str:
-    return f"ws_{c.block_m}_{c.stages}_{int(c.persistent)}"
+    return f"ws_{c.block_m}_{c.stages}_{int(c.persistent)}" + (f"_split{c.split_k}" if c.split_k > 1 else "")
 
 
 def check() -> list[dict]:
     rows = []
-    for config in (VARIANTS[0], VARIANTS[3], VARIANTS[1]):
+    for config in CHECKED:
         for n, k, m, group, bias in CHECK_CASES:
             w = random_prepared(n, k, group=group)
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)

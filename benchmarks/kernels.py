@@ -105,6 +105,9 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemm_ws": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=256, stages=3)),
         "gemm_ws_persistent": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=128, stages=4,
                                                                                 persistent=True)),
+        "gemm_ws_split": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=64, stages=6, split_k=3)),
+        "gemm_ws_split_persistent": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=32, stages=8,
+                                                                                      persistent=True, split_k=4)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
@@ -342,11 +345,15 @@ WIDE_M_STAGES = (3,)
 # Where the group's scale enters (`GemmConfig.scale_operand`) and, with it in the operand, whether each block
 # is multiplied as two halves (`GemmConfig.split_dot`): all three are tried at every M
 SCALE_PLACEMENTS = ((False, False), (True, False), (True, True))
-# Warp-specialised GEMM configs (`gemm_ws.py`, Hopper): (block_m, stages, persistent). 256-row tiles fit 3 stages
-# of shared memory, 128-row ones 5; the 128-row ones ran 1.11-1.19x faster persistent, the 256-row ones 0.93-1.05x
-# (results/gemm_ws_variants_<gpu>.json)
-WS_CONFIGS = ((256, 3, False), (256, 3, True), (128, 4, True), (128, 5, True))
-WS_MIN_M = 64  # tuned and timed from this M (below it the swapped GEMM's 16..64-row tiles fit M better)
+# Warp-specialised GEMM tiles (`gemm_ws.py`, Hopper): block_m -> the ring depths tried. A stage takes
+# `gemm_ws.stage_bytes(block_m)`: 256-row tiles fit 3 in shared memory, 128-row ones 5, 64-row ones 9. The 128-row
+# ones ran 1.11-1.19x faster persistent, the 256-row ones 0.93-1.05x (results/gemm_ws_variants_<gpu>.json), so
+# both are tried. block_m follows M, plus 128 rows from M = 256 on (and 256 from M = 512).
+WS_STAGES = {32: (8,), 64: (6, 8), 128: (4, 5), 256: (3,)}
+# K splits tried while the tiles alone fill under WS_MAX_WAVES waves of programs, each split at least 2 blocks
+WS_SPLITS = (1, 2, 3, 4, 6, 8)
+WS_MAX_WAVES = 4
+WS_MIN_M = 32  # tuned and timed from this M (below it the swapped GEMM's 16-row tiles fit M better)
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
 SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -404,11 +411,21 @@ def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
 
 
 def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
-    """WS_CONFIGS from WS_MIN_M to SWAPPED_MAX_M, on a Hopper GPU with a Triton that has Gluon."""
+    """WS_STAGES x persistent or not x WS_SPLITS, from WS_MIN_M to SWAPPED_MAX_M, on a Hopper GPU with a Triton
+    that has Gluon."""
     if gemm_ws is None or torch.cuda.get_device_capability(0)[0] != 9 or not WS_MIN_M <= m <= SWAPPED_MAX_M:
         return []
-    return [WsConfig(block_m=block_m, stages=stages, persistent=persistent)
-            for block_m, stages, persistent in WS_CONFIGS]
+    bucket = configs.bucket_m(m)
+    block_ms = {min(max(32, bucket), 256)} | ({128} if bucket >= 256 else set())
+    blocks = -(-k // 128)
+    out = []
+    for block_m in sorted(block_ms):
+        tiles = -(-m // block_m) * -(-n // 128)
+        for split in WS_SPLITS:
+            if split == 1 or (split <= blocks // 2 and tiles * split <= WS_MAX_WAVES * SMS):
+                out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split)
+                        for stages in WS_STAGES[block_m] for persistent in (False, True)]
+    return out
 
 
 def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple, part=(0, 1)) -> None:

@@ -81,6 +81,9 @@ class WsConfig:
     # (benchmarks/results/gemm_ws_variants_<gpu>.json)
     persistent: bool = False
     mma_registers: int = 232  # registers a thread of each MMA warpgroup (the load warp keeps 40)
+    # K split over this many programs a tile (fixed-order sum, `splitk.py`): for shapes of too few tiles to fill
+    # the multiprocessors (N = 4096 at M <= 256)
+    split_k: int = 1
 
 
 def bucket_m(m: int) -> int:
@@ -199,8 +202,18 @@ def default_gemm_swapped(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
 WIDE_WS_M = 512
 
 
+# K splits of the fallback: as many as whole waves of tiles fit the multiprocessors, each split at least this many
+# 128-row blocks. On the H100 the tuned entries follow that rule wherever a split won: N = 4096 and 8192 at M = 128
+# and 256 (32 or 64 tiles: 4 or 2 splits; 4096x11008 M=128 35.5 us against 63.7 unsplit, 8192x28672 118.0
+# against 177.0) and none at 128 tiles (4096x4096 M=1024), results/autotune_<gpu>_ws_split.json
+WS_MIN_SPLIT_BLOCKS = 4
+
+
 def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
-    return WsConfig() if m >= WIDE_WS_M else WsConfig(block_m=128, stages=4, persistent=True)
+    block_m, stages, persistent = (256, 3, False) if m >= WIDE_WS_M else (128, 4, True)
+    tiles = -(-m // block_m) * -(-n // 128)
+    split_k = max(1, min(-(-k // 128) // WS_MIN_SPLIT_BLOCKS, sm_count // tiles))
+    return WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split_k)
 
 
 def gemv_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemvConfig:

@@ -103,16 +103,20 @@ class TiledLaunch:
     merge_unroll: int  # split-K partials the last program sums at once (`splitk.merge_unroll`)
 
 
+def k_splits(n_blocks: int, split_k: int) -> tuple[int, int]:
+    """(blocks a split, splits) for `split_k` splits asked of `n_blocks` 128-row blocks: no split left empty."""
+    split_k = max(1, min(split_k, n_blocks))
+    blocks_per_split = triton.cdiv(n_blocks, split_k)
+    return blocks_per_split, triton.cdiv(n_blocks, blocks_per_split)
+
+
 def tiled_launch(x: torch.Tensor, weight: PreparedWeight, config: GemmConfig) -> TiledLaunch:
     """Check x (M, K) against the weight and lay out the GEMM grid of `config` (shared by both GEMMs)."""
     m, k = x.shape
     assert k == weight.in_features, f"x has K={k}, weight expects {weight.in_features}"
     assert x.dtype == weight.dtype, f"x dtype {x.dtype} != weight dtype {weight.dtype}"
     assert x.stride(1) == 1, "x must be contiguous along K"
-    n_blocks = weight.padded_in_features // PACK_K
-    split_k = max(1, min(config.split_k, n_blocks))
-    blocks_per_split = triton.cdiv(n_blocks, split_k)
-    split_k = triton.cdiv(n_blocks, blocks_per_split)  # no empty splits
+    blocks_per_split, split_k = k_splits(weight.padded_in_features // PACK_K, config.split_k)
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(weight.out_features, config.block_n), split_k)
     return TiledLaunch(grid, blocks_per_split, split_k,
                        merge_unroll(config.block_m * config.block_n, 32 * config.num_warps))

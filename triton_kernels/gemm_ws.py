@@ -1,4 +1,4 @@
-"""Warp-specialised int4 GEMM for Hopper (sm_90), written in Gluon: y^T = W^T x^T for large M.
+"""Warp-specialised int4 GEMM for Hopper (sm_90), written in Gluon: y^T = W^T x^T for M from 32 up.
 
 The swapped GEMM (`gemm_swapped.py`) keeps the weight as the tensor cores' register operand, but in plain
 Triton its two warpgroups share one software pipeline: both wait at the CTA barriers around each shared
@@ -13,7 +13,12 @@ buffer's reuse, so both dequantise at the same time and the tensor cores idle me
   shared memory, waits for them, and arrives on `empty[s]` so the load warp may refill the buffer.
 
 The two warpgroups meet only at the ring's barriers, never at a CTA barrier, so one dequantises while the
-other's MMAs run. The zero point and scale words of the next block are loaded into registers a block ahead.
+other's MMAs run. The zero point and scale words are loaded into registers two blocks ahead.
+
+A program's work unit is one output tile over all of K, or (`WsConfig.split_k`) over one of split_k ranges of
+K blocks: shapes of few tiles (N = 4096 at M <= 256: 32 tiles of 128 columns) then fill the multiprocessors.
+The splits meet as in `splitk.py`, in a fixed order by the last to finish; each warpgroup's 64 columns count
+their splits on their own counter, so the warpgroups still never wait for each other.
 
 fp16 only (inline PTX for the dequantisation), groups of whole 128-row blocks, K a multiple of 8 (TMA strides
 are 16-byte multiples); `runs` says whether a call qualifies. Gluon has no CPU interpreter: this kernel is
@@ -30,8 +35,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .configs import WsConfig
+from .gemm import k_splits
 from .half2 import WEIGHT_SCALE as _WEIGHT_SCALE, _slab_pairs_asm
 from .prepare import PACK_K, PreparedWeight
+from .splitk import split_buffers
 
 LOW_PAIRS_ASM = gl.constexpr(_slab_pairs_asm(scaled=True, halves=("lo",)))
 HIGH_PAIRS_ASM = gl.constexpr(_slab_pairs_asm(scaled=True, halves=("hi",)))
@@ -43,19 +50,31 @@ X_BOX_K = gl.constexpr(X_BOX)
 
 
 @gluon.jit
-def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, first_tile, tile_step):
-    """The load warp: block b of each of the program's tiles, its x tile (two 64-column boxes) and words, into the
-    next buffer of the ring."""
+def _work_unit(unit, tiles_m, split_k, blocks_per_split, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Work unit -> (output tile, its first row, its first weight column, its split, its blocks [b_start, b_end)).
+    Splits of one tile are neighbours, then M tiles, so the programs that share a weight tile run together."""
+    tile = unit // split_k
+    pid_k = unit % split_k
+    b_start = pid_k * blocks_per_split
+    return (tile, (tile % tiles_m) * BLOCK_M, (tile // tiles_m) * BLOCK_N, pid_k, b_start,
+            gl.minimum(b_start + blocks_per_split, n_blocks))
+
+
+@gluon.jit
+def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k,
+                    first_unit, unit_step):
+    """The load warp: block b of each of the program's work units, its x tile (two 64-column boxes) and words,
+    into the next buffer of the ring."""
     STAGES: gl.constexpr = w_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
     nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + w_desc.block_type.nbytes
     tiles_m = gl.cdiv(M, BLOCK_M)
     it = 0  # blocks loaded so far: the ring position
-    for tile in range(first_tile, tiles_m * gl.cdiv(N, BLOCK_N), tile_step):
-        off_m = (tile % tiles_m) * BLOCK_M
-        off_n = (tile // tiles_m) * BLOCK_N
-        for b in range(n_blocks):
+    for unit in range(first_unit, tiles_m * gl.cdiv(N, BLOCK_N) * split_k, unit_step):
+        tile, off_m, off_n, pid_k, b_start, b_end = _work_unit(unit, tiles_m, split_k, blocks_per_split, n_blocks,
+                                                                BLOCK_M, BLOCK_N)
+        for b in range(b_start, b_end):
             s = it % STAGES
             mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # the ring starts empty: phase 1 passes
             bar = ready.index(s)
@@ -75,6 +94,12 @@ def _scaled_half(words, z64, z4, scale16, HIGH: gl.constexpr):
 
 
 @gluon.jit
+def _zero_scale_words(zs_ptr, b, blocks_per_group, N, cols):
+    """The (64, 1) zero point and scale words of block b's group for weight columns `cols` (0 past N)."""
+    return gl.load(zs_ptr + (b // blocks_per_group) * N + cols, mask=cols < N, other=0)
+
+
+@gluon.jit
 def _zero_scale_pairs(word, zeros):
     """(64, 1) zero point and scale words -> the fp16 pairs the dequantisation adds and multiplies by (int32,
     shaped like `zeros`): -(64 + z / 16), -(4 + z / 16) and 16 s (`half2.zero_pairs`, `half2.scale_pairs`)."""
@@ -87,11 +112,39 @@ def _zero_scale_pairs(word, zeros):
 
 
 @gluon.jit
-def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                   blocks_per_group, has_bias, first_tile, tile_step, WG: gl.constexpr):
-    """One MMA warpgroup: of each of the program's tiles, weight columns 64 WG .. 64 WG + 63 against the tile's
-    BLOCK_M rows of x. (Sizes come from the buffers' shapes: a constexpr passed through `warp_specialize` in a
-    variable arrives as a value.)"""
+def _store_tile(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, counter, pid_k, split_k, M, N, stride_ym, off_m, col0,
+                has_bias, SPLIT: gl.constexpr):
+    """Write a warpgroup's (64, BLOCK_M) y^T tile. Split over K: the fixed-order sum of `splitk.py` (publish this
+    split's float32 partial, count in on the tile's counter; the last to arrive sums the partials in split order,
+    writes y and resets the counter), with the warpgroup's own barrier, as each warpgroup's half is a tile."""
+    layout: gl.constexpr = acc.type.layout
+    BLOCK_M: gl.constexpr = acc.type.shape[1]
+    cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1)  # (64, 1)
+    rows = gl.expand_dims(off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0)  # (1, BLOCK_M)
+    mask = (rows < M) & (cols < N)
+    last = True
+    if SPLIT:
+        gl.store(ws_ptr + pid_k * M * N + rows * N + cols, acc, mask=mask)
+        gl.thread_barrier()  # every thread's partial is written before the counter says so
+        last = gl.atomic_add(count_ptr + counter, 1, sem="acq_rel") == split_k - 1
+        if last:
+            acc = gl.zeros_like(acc)
+            for s in range(split_k):  # .cg: from L2, where the other programs' partials are
+                acc += gl.load(ws_ptr + s * M * N + rows * N + cols, mask=mask, other=0.0, cache_modifier=".cg")
+            gl.atomic_xchg(count_ptr + counter, 0)
+    if last:
+        if has_bias:
+            acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+        gl.store(y_ptr + rows * stride_ym + cols, acc.to(gl.float16), mask=mask)
+
+
+@gluon.jit
+def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
+                   n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, first_unit, unit_step,
+                   WG: gl.constexpr, SPLIT: gl.constexpr):
+    """One MMA warpgroup: of each of the program's work units, weight columns 64 WG .. 64 WG + 63 against the
+    tile's BLOCK_M rows of x over the unit's blocks. (Sizes come from the buffers' shapes: a constexpr passed
+    through `warp_specialize` in a variable arrives as a value.)"""
     STAGES: gl.constexpr = w_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
@@ -100,19 +153,22 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, 
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=2)
     tiles_m = gl.cdiv(M, BLOCK_M)
     it = 0  # blocks consumed so far: the ring position
-    for tile in range(first_tile, tiles_m * gl.cdiv(N, BLOCK_N), tile_step):
-        off_m = (tile % tiles_m) * BLOCK_M
-        col0 = (tile // tiles_m) * BLOCK_N + WG * WG_COLUMNS
+    for unit in range(first_unit, tiles_m * gl.cdiv(N, BLOCK_N) * split_k, unit_step):
+        tile, off_m, off_n, pid_k, b_start, b_end = _work_unit(unit, tiles_m, split_k, blocks_per_split, n_blocks,
+                                                                BLOCK_M, BLOCK_N)
+        col0 = off_n + WG * WG_COLUMNS
         zs_cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, a_layout)), 1)  # (64, 1)
-        zs_mask = zs_cols < N
         acc = gl.zeros((WG_COLUMNS, BLOCK_M), gl.float32, layout=mma_layout)  # y^T tile
-        zs_next = gl.load(zs_ptr + zs_cols, mask=zs_mask, other=0)  # block 0's group
-        for b in range(n_blocks):
+        # The zero point and scale words two blocks ahead: at M <= 128 a block's MMAs take less than a load from
+        # memory (H100, 8192x8192 M=128: 43.1 us one block ahead, 38.7 two, 39.0 three, 36.4 never reloaded)
+        zs_this = _zero_scale_words(zs_ptr, b_start, blocks_per_group, N, zs_cols)
+        zs_next = _zero_scale_words(zs_ptr, gl.minimum(b_start + 1, b_end - 1), blocks_per_group, N, zs_cols)
+        for b in range(b_start, b_end):
             s = it % STAGES
-            zs_word = zs_next
-            # the next block's zero point and scale, in flight during this block (past the last: its own again)
-            b_next = gl.minimum(b + 1, n_blocks - 1)
-            zs_next = gl.load(zs_ptr + (b_next // blocks_per_group) * N + zs_cols, mask=zs_mask, other=0)
+            zs_word = zs_this
+            zs_this = zs_next
+            # past the unit's last block: its own again
+            zs_next = _zero_scale_words(zs_ptr, gl.minimum(b + 2, b_end - 1), blocks_per_group, N, zs_cols)
             mbarrier.wait(ready.index(s), (it // STAGES) & 1)
             words = w_bufs.index(s).slice(WG * WG_COLUMNS, WG_COLUMNS, dim=0).load(a_layout)  # (64, 16) int32
             zeros = gl.zeros_like(words)
@@ -130,20 +186,16 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, 
             fence_async_shared()  # our shared reads come before the load warp's next copy into the buffer
             mbarrier.arrive(empty.index(s), count=1)
             it += 1
-
-        out_cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, mma_layout)), 1)
-        out_rows = gl.expand_dims(off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, mma_layout)), 0)
-        if has_bias:
-            acc += gl.load(bias_ptr + out_cols, mask=out_cols < N, other=0.0).to(gl.float32)
-        gl.store(y_ptr + out_rows * stride_ym + out_cols, acc.to(gl.float16), mask=(out_rows < M) & (out_cols < N))
+        _store_tile(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, 2 * tile + WG, pid_k, split_k, M, N, stride_ym, off_m,
+                    col0, has_bias, SPLIT)
 
 
 @gluon.jit
-def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks, blocks_per_group, has_bias,
-                   BLOCK_M: gl.constexpr, STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr):
-    """Output tiles of (BLOCK_M rows of x) x (128 weight columns): one a program, or (PERSISTENT) tiles pid,
-    pid + programs, ... with the ring running on from one tile to the next. M tiles vary fastest, so the
-    programs that share a weight tile run together."""
+def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym, n_blocks,
+                   blocks_per_split, split_k, blocks_per_group, has_bias, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+                   MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr, SPLIT: gl.constexpr):
+    """Work units of (BLOCK_M rows of x) x (128 weight columns) x (split_k-th of the K blocks): one a program, or
+    (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the next."""
     BLOCK_N: gl.constexpr = 2 * WG_COLUMNS
     x_bufs = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, X_BOX_K], x_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 16], w_desc.layout)
@@ -152,14 +204,17 @@ def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_b
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=2)  # both MMA warpgroups release a buffer
-    first_tile = gl.program_id(0)
-    tile_step = gl.num_programs(0) if PERSISTENT else gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    first_unit = gl.program_id(0)
+    unit_step = gl.num_programs(0) if PERSISTENT else gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N) * split_k
     gl.warp_specialize([
-        (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                          blocks_per_group, has_bias, first_tile, tile_step, 0)),  # WG written out: a constexpr
-        (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                          blocks_per_group, has_bias, first_tile, tile_step, 1)),
-        (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, first_tile, tile_step)),
+        (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
+                          n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, first_unit, unit_step,
+                          0, SPLIT)),  # WG and SPLIT written out: constexprs
+        (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
+                          n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, first_unit, unit_step,
+                          1, SPLIT)),
+        (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k,
+                           first_unit, unit_step)),
     ], [4, 1], [MMA_REGS, 40])
 
 
@@ -186,6 +241,7 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     """x (M, K) fp16 -> (M, N) fp16."""
     assert runs(weight, x), (f"gemm_ws needs a Hopper GPU, fp16 x and scales, groups of whole {PACK_K}-row blocks and "
                              f"K % 8 == 0; got {x.dtype} x {tuple(x.shape)} on {x.device}, group {weight.group_size}")
+    assert x.shape[1] == weight.in_features, f"x has K={x.shape[1]}, weight expects {weight.in_features}"
     m, k = x.shape
     n = weight.out_features
     block_n = 2 * COLUMNS_PER_WARPGROUP
@@ -194,12 +250,16 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     words = weight.qweight.view(-1, 16)  # (blocks * N, 16): block b's words of column n in row b N + n
     w_layout = gl.NVMMASharedLayout.get_default_for([block_n, 16], gl.int32)
     w_desc = TensorDescriptor(words, list(words.shape), [16, 1], [block_n, 16], w_layout)
-    y = torch.empty((m, n), device=x.device, dtype=torch.float16)
+    n_blocks = weight.qweight.shape[0]
+    blocks_per_split, split_k = k_splits(n_blocks, config.split_k)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, block_n)
-    grid = (min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count) if config.persistent
-            else tiles,)
-    gemm_ws_kernel[grid](x_desc, w_desc, weight.zero_scales, y, bias if bias is not None else y, m, n, y.stride(0),
-                         weight.qweight.shape[0], weight.group_size // PACK_K, bias is not None,
-                         BLOCK_M=config.block_m, STAGES=config.stages, MMA_REGS=config.mma_registers,
-                         PERSISTENT=config.persistent, num_warps=4)
+    # each warpgroup's half of a tile counts its splits on its own counter
+    y, workspace, counters = split_buffers(m, n, x, split_k, 2 * tiles)
+    units = tiles * split_k
+    grid = (min(units, torch.cuda.get_device_properties(x.device).multi_processor_count) if config.persistent
+            else units,)
+    gemm_ws_kernel[grid](x_desc, w_desc, weight.zero_scales, y, workspace, counters, bias if bias is not None else y,
+                         m, n, y.stride(0), n_blocks, blocks_per_split, split_k, weight.group_size // PACK_K,
+                         bias is not None, BLOCK_M=config.block_m, STAGES=config.stages,
+                         MMA_REGS=config.mma_registers, PERSISTENT=config.persistent, SPLIT=split_k > 1, num_warps=4)
     return y

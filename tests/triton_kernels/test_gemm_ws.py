@@ -7,6 +7,7 @@ from triton_kernels import KernelChoice, configs, w4a16_linear
 from triton_kernels.dispatch import select_kernel
 from triton_kernels.half2 import interpreting
 from triton_kernels.prepare import PreparedWeight, dequantize_prepared, prepare
+from triton_kernels.splitk import arrival_counters
 from triton_kernels.testing import RTOL, random_awq_layer, relative_error
 
 gemm_ws = pytest.importorskip("triton_kernels.gemm_ws", reason="this Triton has no Gluon")
@@ -65,6 +66,18 @@ def test_default_config_fits_shared_memory(m):
     assert c.mma_registers % 8 == 0 and 2 * c.mma_registers + 40 <= 3 * 168  # setmaxnreg: the kernel's budget
 
 
+@pytest.mark.parametrize("n, k, m, split", [
+    (4096, 4096, 300, 1),  # 96 tiles of 128 rows: under one wave of 132 multiprocessors, but 2 would need 192
+    (4096, 11008, 128, 4),  # 32 tiles
+    (8192, 28672, 128, 2),  # 64 tiles
+    (4096, 4096, 1024, 1),  # 128 tiles of 256 rows
+    (4096, 384, 128, 1),  # 3 blocks of K: too few to split
+    (1024, 1024, 512, 2),  # 16 tiles would take 8 splits, but 8 blocks make only 2 of WS_MIN_SPLIT_BLOCKS
+])
+def test_default_config_splits_k_only_for_too_few_tiles(n, k, m, split):
+    assert configs.default_gemm_ws(n, k, m, 132).split_k == split
+
+
 def test_shipped_entries_are_configs():
     name = "NVIDIA H100 80GB HBM3"
     entries = {k: v for k, v in configs.load_table(name).items() if k.startswith("gemm_ws/")}
@@ -74,11 +87,16 @@ def test_shipped_entries_are_configs():
 
 
 CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), configs.WsConfig(256, 3, True),
-           configs.WsConfig(128, 5, False)]
+           configs.WsConfig(128, 5, False), configs.WsConfig(64, 6, False, split_k=3),
+           configs.WsConfig(32, 8, True, split_k=4), configs.WsConfig(128, 5, True, split_k=2)]
+
+
+def _config_id(c: configs.WsConfig) -> str:
+    return f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}" + (f"s{c.split_k}" if c.split_k > 1 else "")
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}")
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("n, k, m, group, bias", [
     (256, 512, 256, 128, False),
     (200, 1152, 300, 128, True),  # N not a multiple of 128 (nor K of 256), M not of the tile, a bias
@@ -101,10 +119,23 @@ def test_matches_float64_reference(config, n, k, m, group, bias):
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
-def test_runs_inside_a_cuda_graph():
+def test_split_k_gives_the_same_bits_every_run():
+    """The splits' partials meet in a fixed order (`splitk.py`), whichever program finishes first."""
+    w = _weight(2048, 640, 128, device="cuda")
+    x = torch.randn((96, 2048), device="cuda", dtype=torch.float16)
+    config = configs.WsConfig(64, 6, True, split_k=4)
+    first = gemm_ws.gemm_ws(x, w, None, config)
+    for _ in range(5):
+        assert torch.equal(gemm_ws.gemm_ws(x, w, None, config), first)
+    assert not arrival_counters(x.device).any(), "each tile's last program resets its counter"
+
+
+@pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
+@pytest.mark.parametrize("config", [configs.WsConfig(128, 4, True), configs.WsConfig(64, 6, False, split_k=3)],
+                         ids=_config_id)
+def test_runs_inside_a_cuda_graph(config):
     w = _weight(1024, 512, 128, device="cuda")
     x = torch.randn((512, 1024), device="cuda", dtype=torch.float16)
-    config = configs.WsConfig(128, 4, True)
     eager = gemm_ws.gemm_ws(x, w, None, config)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

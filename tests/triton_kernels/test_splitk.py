@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from triton_kernels.configs import GemmConfig, GemvConfig
-from triton_kernels.gemm import gemm, tiled_launch
+from triton_kernels.gemm import gemm, k_splits, tiled_launch
 from triton_kernels.gemm_swapped import gemm_swapped
 from triton_kernels.gemv import gemv
 from triton_kernels.prepare import prepare
@@ -32,6 +32,14 @@ RUNS = {
     "swapped_narrow": lambda x, w, split: gemm_swapped(x, w, None, replace(SWAPPED_NARROW, split_k=split)),
     "swapped_wide": lambda x, w, split: gemm_swapped(x, w, None, replace(SWAPPED_WIDE, split_k=split)),
 }
+
+
+@pytest.mark.parametrize("n_blocks", [1, 2, 7, 8, 32, 86])
+@pytest.mark.parametrize("asked", [1, 2, 3, 4, 6, 8, 100])
+def test_k_splits_cover_every_block_and_leave_no_split_empty(n_blocks, asked):
+    per_split, splits = k_splits(n_blocks, asked)
+    assert 1 <= splits <= min(asked, n_blocks)
+    assert (splits - 1) * per_split < n_blocks <= splits * per_split  # the last split holds 1..per_split blocks
 
 
 def test_merge_width_follows_the_table():
