@@ -108,6 +108,8 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemm_ws_split": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=64, stages=6, split_k=3)),
         "gemm_ws_split_persistent": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=32, stages=8,
                                                                                       persistent=True, split_k=4)),
+        "gemm_ws_paired": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=64, stages=6, split_k=3,
+                                                                            paired_blocks=True)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
@@ -354,6 +356,9 @@ WS_STAGES = {32: (8,), 64: (6, 8), 128: (4, 5), 256: (3,)}
 WS_SPLITS = (1, 2, 3, 4, 6, 8)
 WS_MAX_WAVES = 4
 WS_MIN_M = 32  # tuned and timed from this M (below it the swapped GEMM's 16-row tiles fit M better)
+# Paired blocks (`WsConfig.paired_blocks`) are tried on tiles of up to this many rows: on 64-row tiles they took
+# 2-10% less than one block an iteration, on 128-row ones within +-2% (results/gemm_ws_experiments_<gpu>.json)
+WS_PAIRED_MAX_BLOCK_M = 64
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
 SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -411,8 +416,8 @@ def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
 
 
 def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
-    """WS_STAGES x persistent or not x WS_SPLITS, from WS_MIN_M to SWAPPED_MAX_M, on a Hopper GPU with a Triton
-    that has Gluon."""
+    """WS_STAGES x persistent or not x WS_SPLITS (x paired blocks or not on small tiles), from WS_MIN_M to
+    SWAPPED_MAX_M, on a Hopper GPU with a Triton that has Gluon."""
     if gemm_ws is None or torch.cuda.get_device_capability(0)[0] != 9 or not WS_MIN_M <= m <= SWAPPED_MAX_M:
         return []
     bucket = configs.bucket_m(m)
@@ -423,8 +428,10 @@ def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
         tiles = -(-m // block_m) * -(-n // 128)
         for split in WS_SPLITS:
             if split == 1 or (split <= blocks // 2 and tiles * split <= WS_MAX_WAVES * SMS):
-                out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split)
-                        for stages in WS_STAGES[block_m] for persistent in (False, True)]
+                pairings = (False, True) if block_m <= WS_PAIRED_MAX_BLOCK_M else (False,)
+                out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split,
+                                 paired_blocks=paired)
+                        for stages in WS_STAGES[block_m] for persistent in (False, True) for paired in pairings]
     return out
 
 

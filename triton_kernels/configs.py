@@ -84,6 +84,9 @@ class WsConfig:
     # K split over this many programs a tile (fixed-order sum, `splitk.py`): for shapes of too few tiles to fill
     # the multiprocessors (N = 4096 at M <= 256)
     split_k: int = 1
+    # Two blocks an iteration into two accumulators (the second dequantised while the first one's MMAs run): twice
+    # the accumulator registers, so for tiles of up to 128 rows
+    paired_blocks: bool = False
 
 
 def bucket_m(m: int) -> int:

@@ -88,11 +88,14 @@ def test_shipped_entries_are_configs():
 
 CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), configs.WsConfig(256, 3, True),
            configs.WsConfig(128, 5, False), configs.WsConfig(64, 6, False, split_k=3),
-           configs.WsConfig(32, 8, True, split_k=4), configs.WsConfig(128, 5, True, split_k=2)]
+           configs.WsConfig(32, 8, True, split_k=4), configs.WsConfig(128, 5, True, split_k=2),
+           configs.WsConfig(64, 6, True, split_k=3, paired_blocks=True),
+           configs.WsConfig(128, 4, False, paired_blocks=True)]
 
 
 def _config_id(c: configs.WsConfig) -> str:
-    return f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}" + (f"s{c.split_k}" if c.split_k > 1 else "")
+    return (f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}" + (f"s{c.split_k}" if c.split_k > 1 else "")
+            + ("x2" if c.paired_blocks else ""))
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
