@@ -29,15 +29,17 @@ from triton_kernels.testing import RTOL  # noqa: E402
 
 VARIANTS = (WsConfig(256, 3, False), WsConfig(256, 3, True), WsConfig(128, 4, False), WsConfig(128, 4, True),
             WsConfig(128, 5, True))
-# Checked against float64 first: both tile heights, persistent or not, and K split over programs (fixed-order sum)
+# Checked against float64 first: tile heights, persistent or not, K split over programs, paired blocks
 CHECKED = (WsConfig(256, 3, False), WsConfig(128, 4, True), WsConfig(256, 3, True), WsConfig(64, 6, False, split_k=3),
-           WsConfig(128, 5, True, split_k=2), WsConfig(32, 8, True, split_k=4))
+           WsConfig(128, 5, True, split_k=2), WsConfig(32, 8, True, split_k=4),
+           WsConfig(64, 6, True, split_k=3, paired_blocks=True))
 CHECK_CASES = ((256, 512, 256, 128, False), (200, 1000, 300, 128, True), (384, 384, 17, 128, False),  # N K M group bias
                (128, 4096, 1024, 4096, False), (4096, 4096, 1000, 128, True), (136, 256, 64, 256, False))
 
 
 def name(c: WsConfig) -> str:
-    return f"ws_{c.block_m}_{c.stages}_{int(c.persistent)}" + (f"_split{c.split_k}" if c.split_k > 1 else "")
+    return (f"ws_{c.block_m}_{c.stages}_{int(c.persistent)}" + (f"_split{c.split_k}" if c.split_k > 1 else "")
+            + ("_paired" if c.paired_blocks else ""))
 
 
 def check() -> list[dict]:

@@ -84,8 +84,9 @@ class WsConfig:
     # K split over this many programs a tile (fixed-order sum, `splitk.py`): for shapes of too few tiles to fill
     # the multiprocessors (N = 4096 at M <= 256)
     split_k: int = 1
-    # Two blocks an iteration into two accumulators (the second dequantised while the first one's MMAs run): twice
-    # the accumulator registers, so for tiles of up to 128 rows
+    # Two blocks an iteration into two accumulators (the second dequantised while the first one's MMAs run), at
+    # twice the accumulator registers. H100: 2-10% faster on 64-row tiles, within +-3% on 128-row ones
+    # (benchmarks/results/gemm_ws_experiments_<gpu>.json)
     paired_blocks: bool = False
 
 
@@ -207,8 +208,8 @@ WIDE_WS_M = 512
 
 # K splits of the fallback: as many as whole waves of tiles fit the multiprocessors, each split at least this many
 # 128-row blocks. On the H100 the tuned entries follow that rule wherever a split won: N = 4096 and 8192 at M = 128
-# and 256 (32 or 64 tiles: 4 or 2 splits; 4096x11008 M=128 35.5 us against 63.7 unsplit, 8192x28672 118.0
-# against 177.0) and none at 128 tiles (4096x4096 M=1024), results/autotune_<gpu>_ws_split.json
+# and 256 (32 or 64 tiles: 4 or 2 splits; 4096x11008 M=128 32.1 us against 64.0 unsplit, 8192x28672 101.7
+# against 159.3) and none at 128 tiles (4096x4096 M=1024), results/autotune_<gpu>_ws_split.json
 WS_MIN_SPLIT_BLOCKS = 4
 
 
