@@ -61,10 +61,19 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "GEMM (the scale inside the weight operand) beat dequant+cuBLAS at M=1024 on all seven benchmark "
          "shapes on the H100, by 1-8% (28672x8192: 785.5 vs 849.5 us; 22016x4096: 313.8 vs 330.2; 4096x4096: "
          "58.9 vs 59.5), at 0.77-0.79x fp16 cuBLAS"),
+    Rule(2048, KernelChoice.GEMM_WS,
+         "1024<M<=2048 on Hopper: the warp-specialised GEMM beat dequant+cuBLAS at M=2048 on all seven benchmark "
+         "shapes on the H100, by 3-24% (28672x8192: 1472.8 vs 1514.8 us; 4096x11008: 250.8 vs 311.7; "
+         "results/autotune_<gpu>_large_m.json)", capability_major=9),
+    Rule(2048, KernelChoice.DEQUANT_CUBLAS,
+         "1024<M<=2048 elsewhere: as for M>2048 (the swapped GEMM's cost per row stays near 0.77 us on 28672x8192, "
+         "dequant+cuBLAS's falls: extrapolated from the H100's M=1024 times they cross near M=1500)"),
     Rule(2**62, KernelChoice.DEQUANT_CUBLAS,
-         "M>1024: not measured; dequant+cuBLAS writes the fp16 weight once (28672x8192: about 220 us on the H100) "
-         "and then runs at cuBLAS's speed, so its cost per row falls with M, while the fused GEMM's stays near "
-         "0.77 us a row: extrapolated linearly from the M=1024 times they cross near M=1500 on 28672x8192"),
+         "M>2048: dequant+cuBLAS writes the fp16 weight once (28672x8192: about 220 us on the H100) and then runs at "
+         "cuBLAS's speed, so its cost per row falls with M. At M=4096 on the H100 it beat the warp-specialised GEMM "
+         "on six of the seven benchmark shapes, by 2-11% (12288x4096: 594.3 vs 663.7 us; 28672x8192: 2790.9 vs "
+         "2901.3), and lost on 8192x28672 (2937.4 vs 2840.3; its measured dispatch entry keeps the fused GEMM), "
+         "results/autotune_<gpu>_large_m.json"),
 )
 
 _notified = False

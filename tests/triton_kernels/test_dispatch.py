@@ -95,12 +95,15 @@ def test_swapped_gemm_shipped_entries_are_found():
     assert select_kernel(64, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
     assert select_kernel(256, 28672, 8192, H100, name) is KernelChoice.GEMM_WS
     assert select_kernel(256, 4096, 4096, H100, name) is KernelChoice.GEMM_SWAPPED  # too few 128-column tiles
-    # M=1024: the warp-specialised GEMM measured fastest on all seven shapes (the table's entries);
-    # above the tuned M the fallback table's dequant+cuBLAS
+    # M=1024 and 2048: the warp-specialised GEMM measured fastest on all seven shapes (the table's entries);
+    # M=4096 (and above: the largest bucket) dequant+cuBLAS on all but 8192x28672
     for n, k in ((28672, 8192), (22016, 4096), (4096, 4096)):
         assert select_kernel(1024, n, k, H100, name) is KernelChoice.GEMM_WS
+        assert select_kernel(1500, n, k, H100, name) is KernelChoice.GEMM_WS
         assert configs.gemm_ws_config(name, n, k, 1024, 132).block_m == 256
+        assert select_kernel(4096, n, k, H100, name) is KernelChoice.DEQUANT_CUBLAS
     assert select_kernel(8192, 22016, 4096, H100, name) is KernelChoice.DEQUANT_CUBLAS
+    assert select_kernel(4096, 8192, 28672, H100, name) is KernelChoice.GEMM_WS
     # the measured winner at M=256: the block in two products (split_dot), one M tile of 128 rows
     wide = configs.gemm_swapped_config(name, 28672, 8192, 256, 132)
     assert (wide.block_m, wide.block_n, wide.scale_operand, wide.split_dot) == (128, 128, True, True)

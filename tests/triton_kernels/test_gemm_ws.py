@@ -27,7 +27,9 @@ def test_dispatch_takes_it_on_hopper_only():
         assert select_kernel(m, 4096, 4096, (8, 0)) is KernelChoice.GEMM_SWAPPED
         assert select_kernel(m, 4096, 4096, (10, 0)) is KernelChoice.GEMM_SWAPPED
     assert select_kernel(256, 4096, 4096, (9, 0)) is KernelChoice.GEMM_SWAPPED
-    assert select_kernel(1025, 4096, 4096, (9, 0)) is KernelChoice.DEQUANT_CUBLAS
+    assert select_kernel(2048, 4096, 4096, (9, 0)) is KernelChoice.GEMM_WS  # it beat dequant+cuBLAS at M=2048
+    assert select_kernel(1025, 4096, 4096, (8, 0)) is KernelChoice.DEQUANT_CUBLAS
+    assert select_kernel(2049, 4096, 4096, (9, 0)) is KernelChoice.DEQUANT_CUBLAS
 
 
 def test_fits_only_what_the_kernel_takes():
