@@ -9,7 +9,7 @@ buffer's reuse, so both dequantise at the same time and the tensor cores idle me
   TMA into a ring of `STAGES` shared buffers, and signals `ready[s]`;
 - two MMA warpgroups each own 64 of the BLOCK_N weight columns. Each waits for `ready[s]`, reads its words
   from shared memory straight into the wgmma register-operand layout, dequantises slab by slab (fp16 pairs,
-  `half2._slab_pairs_asm`, the scale inside the operand), issues eight depth-16 wgmma against the x tile in
+  `half2.scaled_half_pairs`, the scale inside the operand), issues eight depth-16 wgmma against the x tile in
   shared memory, waits for them, and arrives on `empty[s]` so the load warp may refill the buffer.
 
 The two warpgroups meet only at the ring's barriers, never at a CTA barrier, so one dequantises while the
@@ -40,12 +40,11 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .configs import WsConfig
 from .gemm import k_splits
-from .half2 import WEIGHT_SCALE as _WEIGHT_SCALE, _slab_pairs_asm
+from .half2 import SCALED_HIGH_PAIRS_ASM, SCALED_LOW_PAIRS_ASM, WEIGHT_SCALE as _WEIGHT_SCALE, scale_pairs, zero_pairs
 from .prepare import PACK_K, PreparedWeight
 from .splitk import split_buffers
+from .zero_scale import split_zero_scale
 
-LOW_PAIRS_ASM = gl.constexpr(_slab_pairs_asm(scaled=True, halves=("lo",)))
-HIGH_PAIRS_ASM = gl.constexpr(_slab_pairs_asm(scaled=True, halves=("hi",)))
 PAIR_SCALE = gl.constexpr(_WEIGHT_SCALE)  # `slab pairs` hold (q - z) / 16
 COLUMNS_PER_WARPGROUP = 64  # weight columns a warpgroup owns: the wgmma's M
 X_BOX = 64  # K columns of one x copy: 128 bytes of fp16, the widest swizzled TMA box
@@ -92,7 +91,7 @@ def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks
 @gluon.jit
 def _scaled_half(words, z64, z4, scale16, HIGH: gl.constexpr):
     """Slabs 0..3 (HIGH False) or 4..7 of the words as fp16 (q - z) * s (`half2.scaled_half_pairs`)."""
-    return gl.inline_asm_elementwise(asm=HIGH_PAIRS_ASM if HIGH else LOW_PAIRS_ASM,
+    return gl.inline_asm_elementwise(asm=SCALED_HIGH_PAIRS_ASM if HIGH else SCALED_LOW_PAIRS_ASM,
                                      constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r", args=[words, z64, z4, scale16],
                                      dtype=(gl.float16,) * 4, is_pure=True, pack=2)
 
@@ -107,12 +106,9 @@ def _zero_scale_words(zs_ptr, b, blocks_per_group, N, cols):
 def _zero_scale_pairs(word, zeros):
     """(64, 1) zero point and scale words -> the fp16 pairs the dequantisation adds and multiplies by (int32,
     shaped like `zeros`): -(64 + z / 16), -(4 + z / 16) and 16 s (`half2.zero_pairs`, `half2.scale_pairs`)."""
-    z = (word >> 16) & 0xFF
-    low = 0xD400 + z
-    high = 0xC400 + (z << 4)
-    s = (word & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True).to(gl.float32) * PAIR_SCALE
-    bits = s.to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-    return (low | (low << 16)) + zeros, (high | (high << 16)) + zeros, (bits | (bits << 16)) + zeros
+    z, s = split_zero_scale(word, gl.float16)
+    z64, z4 = zero_pairs(z)
+    return z64 + zeros, z4 + zeros, scale_pairs(s * PAIR_SCALE) + zeros
 
 
 @gluon.jit
