@@ -352,7 +352,8 @@ SCALE_PLACEMENTS = ((False, False), (True, False), (True, True))
 # ones ran 1.11-1.19x faster persistent, the 256-row ones 0.93-1.05x (results/gemm_ws_variants_<gpu>.json), so
 # both are tried. block_m follows M, plus 128 rows from M = 256 on (and 256 from M = 512).
 WS_STAGES = {32: (8,), 64: (6, 8), 128: (4, 5), 256: (3,)}
-# K splits tried while the tiles alone fill under WS_MAX_WAVES waves of programs, each split at least 2 blocks
+# K splits tried, of every tile or (`WsConfig.split_tail`) of those past the last whole wave, while the split pieces
+# fill under WS_MAX_WAVES waves of programs, each split at least 2 blocks
 WS_SPLITS = (1, 2, 3, 4, 6, 8)
 WS_MAX_WAVES = 4
 WS_MIN_M = 32  # tuned and timed from this M (below it the swapped GEMM's 16-row tiles fit M better)
@@ -416,8 +417,8 @@ def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
 
 
 def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
-    """WS_STAGES x persistent or not x WS_SPLITS (x paired blocks or not on small tiles), from WS_MIN_M to
-    SWAPPED_MAX_M, on a Hopper GPU with a Triton that has Gluon."""
+    """WS_STAGES x persistent or not x WS_SPLITS of every tile or of the last partial wave's (x paired blocks or not on
+    small tiles), from WS_MIN_M to SWAPPED_MAX_M, on a Hopper GPU with a Triton that has Gluon."""
     if gemm_ws is None or torch.cuda.get_device_capability(0)[0] != 9 or not WS_MIN_M <= m <= SWAPPED_MAX_M:
         return []
     bucket = configs.bucket_m(m)
@@ -426,11 +427,15 @@ def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
     out = []
     for block_m in sorted(block_ms):
         tiles = -(-m // block_m) * -(-n // 128)
+        tail_tiles = tiles % SMS if tiles > SMS else 0  # tiles past the last whole wave (`WsConfig.split_tail`)
         for split in WS_SPLITS:
-            if split == 1 or (split <= blocks // 2 and tiles * split <= WS_MAX_WAVES * SMS):
+            for split_tail in (False, True) if split > 1 else (False,):
+                split_tiles = tail_tiles if split_tail else tiles
+                if split > 1 and not (split <= blocks // 2 and 0 < split_tiles * split <= WS_MAX_WAVES * SMS):
+                    continue
                 pairings = (False, True) if block_m <= WS_PAIRED_MAX_BLOCK_M else (False,)
                 out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split,
-                                 paired_blocks=paired)
+                                 split_tail=split_tail, paired_blocks=paired)
                         for stages in WS_STAGES[block_m] for persistent in (False, True) for paired in pairings]
     return out
 

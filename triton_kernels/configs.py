@@ -84,6 +84,10 @@ class WsConfig:
     # K split over this many programs a tile (fixed-order sum, `splitk.py`): for shapes of too few tiles to fill
     # the multiprocessors (N = 4096 at M <= 256)
     split_k: int = 1
+    # Split only the tiles past the last whole wave of programs (one a multiprocessor), each other tile in one program
+    # (stream-K's hybrid). The last wave's pieces spread over all programs (224 tiles on 132: 1.75 tile times with 4
+    # splits instead of 2) as when every tile is split, but only those tiles pay for partial sums
+    split_tail: bool = False
     # Two blocks an iteration into two accumulators (the second dequantised while the first one's MMAs run), at
     # twice the accumulator registers. H100: 2-10% faster on 64-row tiles, within +-3% on 128-row ones
     # (benchmarks/results/gemm_ws_experiments_<gpu>.json)
@@ -213,11 +217,28 @@ WIDE_WS_M = 512
 WS_MIN_SPLIT_BLOCKS = 4
 
 
+# Past whole waves of tiles, the fallback splits the last partial wave's tiles (`WsConfig.split_tail`) when they
+# fill at most this part of a wave, in as many splits as fit one wave, at most WS_TAIL_MAX_SPLIT. A split tile's
+# partials cost memory traffic that the whole tiles do not pay, so a tail of more than half a wave gained nothing on
+# the H100 (results/autotune_<gpu>_tail.json): 22016x4096 M=128 (40 tail tiles, 3 splits) 57.2 -> 50.0 us, M=1024
+# (28 tail tiles of 256 rows, 2 or 3 splits) 297.0 -> 283.5 / 285.8; 12288x4096 M=1024 (120 tail tiles, no split
+# fits) unsplit 150.9, 2 splits 175.7
+WS_TAIL_MAX_FRACTION = 0.5
+WS_TAIL_MAX_SPLIT = 3
+
+
 def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
     block_m, stages, persistent = (256, 3, False) if m >= WIDE_WS_M else (128, 4, True)
     tiles = -(-m // block_m) * -(-n // 128)
-    split_k = max(1, min(-(-k // 128) // WS_MIN_SPLIT_BLOCKS, sm_count // tiles))
-    return WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split_k)
+    most_splits = -(-k // 128) // WS_MIN_SPLIT_BLOCKS
+    if tiles <= sm_count:  # under one wave: every tile split
+        return WsConfig(block_m=block_m, stages=stages, persistent=persistent,
+                        split_k=max(1, min(most_splits, sm_count // tiles)))
+    tail = tiles % sm_count
+    split_tail = 0 < tail <= WS_TAIL_MAX_FRACTION * sm_count
+    split_k = max(1, min(most_splits, sm_count // tail, WS_TAIL_MAX_SPLIT)) if split_tail else 1
+    return WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split_k,
+                    split_tail=split_tail and split_k > 1)
 
 
 def gemv_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemvConfig:

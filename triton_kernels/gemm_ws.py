@@ -17,8 +17,11 @@ other's MMAs run. The zero point and scale words are loaded into registers two b
 
 A program's work unit is one output tile over all of K, or (`WsConfig.split_k`) over one of split_k ranges of
 K blocks: shapes of few tiles (N = 4096 at M <= 256: 32 tiles of 128 columns) then fill the multiprocessors.
-The splits meet as in `splitk.py`, in a fixed order by the last to finish; each warpgroup's 64 columns count
-their splits on their own counter, so the warpgroups still never wait for each other.
+With `WsConfig.split_tail` only the tiles past the last whole wave of programs are split: of a shape of 5.2 waves
+of tiles (22016x4096 at M=1024) only the last 28 tiles write partials, and their pieces spread over all programs
+(5.25 tile times instead of 6 with 4 splits; 5% less time on the H100, as each split tile's partials cost more than
+its share). The splits meet as in `splitk.py`, in a fixed order by the last to finish, through tile-local partials;
+each warpgroup's 64 columns count their splits on their own counter, so the warpgroups never wait for each other.
 
 With `WsConfig.paired_blocks` a warpgroup takes two blocks an iteration into two accumulators, so the second
 block is dequantised while the first block's MMAs run (MMAs may not stay in flight across the loop's back-edge,
@@ -42,7 +45,7 @@ from .configs import WsConfig
 from .gemm import k_splits
 from .half2 import SCALED_HIGH_PAIRS_ASM, SCALED_LOW_PAIRS_ASM, WEIGHT_SCALE as _WEIGHT_SCALE, scale_pairs, zero_pairs
 from .prepare import PACK_K, PreparedWeight
-from .splitk import split_buffers
+from .splitk import MAX_TILES, arrival_counters
 from .zero_scale import split_zero_scale
 
 PAIR_SCALE = gl.constexpr(_WEIGHT_SCALE)  # `slab pairs` hold (q - z) / 16
@@ -53,19 +56,23 @@ X_BOX_K = gl.constexpr(X_BOX)
 
 
 @gluon.jit
-def _work_unit(unit, tiles_m, split_k, blocks_per_split, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
-    """Work unit -> (output tile, its first row, its first weight column, its split, its blocks [b_start, b_end)).
-    Splits of one tile are neighbours, then M tiles, so the programs that share a weight tile run together."""
-    tile = unit // split_k
-    pid_k = unit % split_k
+def _work_unit(unit, whole_tiles, tiles_m, split_k, blocks_per_split, n_blocks, BLOCK_M: gl.constexpr,
+               BLOCK_N: gl.constexpr):
+    """Work unit -> (output tile, its first row, its first weight column, its split, its blocks [b_start, b_end),
+    whether the tile is split). Units below `whole_tiles` are whole tiles (all of K); past them each tile is split_k
+    units. Splits of one tile are neighbours, then M tiles, so the programs that share a weight tile run together."""
+    split = unit >= whole_tiles
+    past = gl.maximum(unit - whole_tiles, 0)  # the unit's place among the split ones
+    tile = gl.where(split, whole_tiles + past // split_k, unit)
+    pid_k = gl.where(split, past % split_k, 0)
     b_start = pid_k * blocks_per_split
-    return (tile, (tile % tiles_m) * BLOCK_M, (tile // tiles_m) * BLOCK_N, pid_k, b_start,
-            gl.minimum(b_start + blocks_per_split, n_blocks))
+    b_end = gl.where(split, gl.minimum(b_start + blocks_per_split, n_blocks), n_blocks)
+    return tile, (tile % tiles_m) * BLOCK_M, (tile // tiles_m) * BLOCK_N, pid_k, b_start, b_end, split
 
 
 @gluon.jit
 def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k,
-                    first_unit, unit_step):
+                    whole_tiles, units, first_unit, unit_step):
     """The load warp: block b of each of the program's work units, its x tile (two 64-column boxes) and words,
     into the next buffer of the ring."""
     STAGES: gl.constexpr = w_bufs.type.shape[0]
@@ -74,9 +81,9 @@ def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks
     nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + w_desc.block_type.nbytes
     tiles_m = gl.cdiv(M, BLOCK_M)
     it = 0  # blocks loaded so far: the ring position
-    for unit in range(first_unit, tiles_m * gl.cdiv(N, BLOCK_N) * split_k, unit_step):
-        tile, off_m, off_n, pid_k, b_start, b_end = _work_unit(unit, tiles_m, split_k, blocks_per_split, n_blocks,
-                                                                BLOCK_M, BLOCK_N)
+    for unit in range(first_unit, units, unit_step):
+        tile, off_m, off_n, pid_k, b_start, b_end, split = _work_unit(unit, whole_tiles, tiles_m, split_k,
+                                                                       blocks_per_split, n_blocks, BLOCK_M, BLOCK_N)
         for b in range(b_start, b_end):
             s = it % STAGES
             mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # the ring starts empty: phase 1 passes
@@ -130,36 +137,46 @@ def _block_product(acc, x_bufs, w_bufs, ready, s, phase, zs_word, a_layout: gl.c
 
 
 @gluon.jit
-def _store_tile(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, counter, pid_k, split_k, M, N, stride_ym, off_m, col0,
-                has_bias, SPLIT: gl.constexpr):
-    """Write a warpgroup's (64, BLOCK_M) y^T tile. Split over K: the fixed-order sum of `splitk.py` (publish this
-    split's float32 partial, count in on the tile's counter; the last to arrive sums the partials in split order,
-    writes y and resets the counter), with the warpgroup's own barrier, as each warpgroup's half is a tile."""
+def _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0):
+    """Write a warpgroup's (64, BLOCK_M) float32 y^T tile (plus the bias) to y (M, N) in fp16."""
     layout: gl.constexpr = acc.type.layout
     BLOCK_M: gl.constexpr = acc.type.shape[1]
     cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1)  # (64, 1)
     rows = gl.expand_dims(off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0)  # (1, BLOCK_M)
-    mask = (rows < M) & (cols < N)
-    last = True
-    if SPLIT:
-        gl.store(ws_ptr + pid_k * M * N + rows * N + cols, acc, mask=mask)
-        gl.thread_barrier()  # every thread's partial is written before the counter says so
-        last = gl.atomic_add(count_ptr + counter, 1, sem="acq_rel") == split_k - 1
-        if last:
-            acc = gl.zeros_like(acc)
-            for s in range(split_k):  # .cg: from L2, where the other programs' partials are
-                acc += gl.load(ws_ptr + s * M * N + rows * N + cols, mask=mask, other=0.0, cache_modifier=".cg")
-            gl.atomic_xchg(count_ptr + counter, 0)
-    if last:
-        if has_bias:
-            acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
-        gl.store(y_ptr + rows * stride_ym + cols, acc.to(gl.float16), mask=mask)
+    if has_bias:
+        acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+    gl.store(y_ptr + rows * stride_ym + cols, acc.to(gl.float16), mask=(rows < M) & (cols < N))
+
+
+@gluon.jit
+def _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias, M, N,
+                  stride_ym, off_m, col0, WG: gl.constexpr):
+    """A split tile's warpgroup half meets its other splits as in `splitk.py`: publish this split's float32
+    partial, count in on the half's own counter behind the warpgroup's own barrier; the last to arrive sums the
+    partials in split order, writes y and resets the counter. The partials are tile-local, in the accumulator's
+    (column, row) order: split s of warpgroup WG of the i-th split tile at ((i split_k + s) 2 + WG) 64 BLOCK_M
+    floats. So they need no mask, and the workspace holds the split tiles only."""
+    layout: gl.constexpr = acc.type.layout
+    BLOCK_M: gl.constexpr = acc.type.shape[1]
+    local = (gl.expand_dims(gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1) * BLOCK_M
+             + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0))  # (64, BLOCK_M)
+    half_floats: gl.constexpr = WG_COLUMNS * BLOCK_M
+    first = ws_ptr + (((tile - whole_tiles) * split_k * 2 + WG).to(gl.int64) * half_floats)  # split 0's partial
+    gl.store(first + pid_k * (2 * half_floats) + local, acc)
+    gl.thread_barrier()  # every thread's partial is written before the counter says so
+    counter = count_ptr + 2 * tile + WG
+    if gl.atomic_add(counter, 1, sem="acq_rel") == split_k - 1:
+        acc = gl.zeros_like(acc)
+        for s in range(split_k):  # .cg: from L2, where the other programs' partials are
+            acc += gl.load(first + s * (2 * half_floats) + local, cache_modifier=".cg")
+        gl.atomic_xchg(counter, 0)
+        _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
 
 
 @gluon.jit
 def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
-                   n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, first_unit, unit_step,
-                   WG: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.constexpr):
+                   n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, first_unit,
+                   unit_step, WG: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.constexpr):
     """One MMA warpgroup: of each of the program's work units, weight columns 64 WG .. 64 WG + 63 against the
     tile's BLOCK_M rows of x over the unit's blocks. (Sizes come from the buffers' shapes: a constexpr passed
     through `warp_specialize` in a variable arrives as a value.)"""
@@ -171,9 +188,9 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_pt
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=2)
     tiles_m = gl.cdiv(M, BLOCK_M)
     it = 0  # blocks consumed so far: the ring position
-    for unit in range(first_unit, tiles_m * gl.cdiv(N, BLOCK_N) * split_k, unit_step):
-        tile, off_m, off_n, pid_k, b_start, b_end = _work_unit(unit, tiles_m, split_k, blocks_per_split, n_blocks,
-                                                                BLOCK_M, BLOCK_N)
+    for unit in range(first_unit, units, unit_step):
+        tile, off_m, off_n, pid_k, b_start, b_end, split = _work_unit(unit, whole_tiles, tiles_m, split_k,
+                                                                       blocks_per_split, n_blocks, BLOCK_M, BLOCK_N)
         col0 = off_n + WG * WG_COLUMNS
         zs_cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, a_layout)), 1)  # (64, 1)
         acc = gl.zeros((WG_COLUMNS, BLOCK_M), gl.float32, layout=mma_layout)  # y^T tile
@@ -216,16 +233,24 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_pt
             fence_async_shared()  # our shared reads come before the load warp's next copy into the buffer
             mbarrier.arrive(empty.index(s), count=1)
             it += 1
-        _store_tile(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, 2 * tile + WG, pid_k, split_k, M, N, stride_ym, off_m,
-                    col0, has_bias, SPLIT)
+        if SPLIT:
+            if split:
+                _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias,
+                              M, N, stride_ym, off_m, col0, WG)
+            else:
+                _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
+        else:
+            _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
 
 
 @gluon.jit
 def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                   blocks_per_split, split_k, blocks_per_group, has_bias, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
-                   MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.constexpr):
-    """Work units of (BLOCK_M rows of x) x (128 weight columns) x (split_k-th of the K blocks): one a program, or
-    (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the next."""
+                   blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, BLOCK_M: gl.constexpr,
+                   STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr, SPLIT: gl.constexpr,
+                   PAIRED: gl.constexpr):
+    """`units` work units (`_work_unit`): tiles of (BLOCK_M rows of x) x (128 weight columns), the first
+    `whole_tiles` over all of K and each later one as split_k units over a split_k-th of the K blocks. One unit a
+    program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the next."""
     BLOCK_N: gl.constexpr = 2 * WG_COLUMNS
     x_bufs = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, X_BOX_K], x_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 16], w_desc.layout)
@@ -235,17 +260,24 @@ def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=2)  # both MMA warpgroups release a buffer
     first_unit = gl.program_id(0)
-    unit_step = gl.num_programs(0) if PERSISTENT else gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N) * split_k
+    unit_step = gl.num_programs(0) if PERSISTENT else units
     gl.warp_specialize([
         (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
-                          n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, first_unit, unit_step,
-                          0, SPLIT, PAIRED)),  # WG, SPLIT and PAIRED written out: constexprs
+                          n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
+                          first_unit, unit_step, 0, SPLIT, PAIRED)),  # WG, SPLIT and PAIRED written out: constexprs
         (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
-                          n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, first_unit, unit_step,
-                          1, SPLIT, PAIRED)),
+                          n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
+                          first_unit, unit_step, 1, SPLIT, PAIRED)),
         (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k,
-                           first_unit, unit_step)),
+                           whole_tiles, units, first_unit, unit_step)),
     ], [4, 1], [MMA_REGS, 40])
+
+
+def split_layout(tiles: int, split_k: int, split_tail: bool, wave: int) -> tuple[int, int]:
+    """(whole tiles, work units) of a launch of `tiles` output tiles with K in `split_k` splits on `wave` programs at
+    once: every tile split, or (split_tail) only the tiles past the last whole wave."""
+    whole = tiles // wave * wave if split_tail and split_k > 1 else 0
+    return whole, whole + (tiles - whole) * split_k
 
 
 def stage_bytes(block_m: int) -> int:
@@ -283,14 +315,19 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     n_blocks = weight.qweight.shape[0]
     blocks_per_split, split_k = k_splits(n_blocks, config.split_k)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, block_n)
-    # each warpgroup's half of a tile counts its splits on its own counter
-    y, workspace, counters = split_buffers(m, n, x, split_k, 2 * tiles)
-    units = tiles * split_k
-    grid = (min(units, torch.cuda.get_device_properties(x.device).multi_processor_count) if config.persistent
-            else units,)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    whole_tiles, units = split_layout(tiles, split_k, config.split_tail, sms)
+    split = units > tiles
+    assert 2 * tiles <= MAX_TILES, f"{tiles} tiles exceed the {MAX_TILES // 2} tile counters: use larger tiles"
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    # each split tile's (split_k, 128, block_m) float32 partials; each warpgroup's half counts on its own counter
+    workspace = (torch.empty((tiles - whole_tiles) * split_k * block_n * config.block_m, device=x.device,
+                             dtype=torch.float32) if split else y)
+    counters = arrival_counters(x.device) if split else y
+    grid = (min(units, sms) if config.persistent else units,)
     gemm_ws_kernel[grid](x_desc, w_desc, weight.zero_scales, y, workspace, counters, bias if bias is not None else y,
                          m, n, y.stride(0), n_blocks, blocks_per_split, split_k, weight.group_size // PACK_K,
-                         bias is not None, BLOCK_M=config.block_m, STAGES=config.stages,
-                         MMA_REGS=config.mma_registers, PERSISTENT=config.persistent, SPLIT=split_k > 1,
+                         bias is not None, whole_tiles, units, BLOCK_M=config.block_m, STAGES=config.stages,
+                         MMA_REGS=config.mma_registers, PERSISTENT=config.persistent, SPLIT=split,
                          PAIRED=config.paired_blocks, num_warps=4)
     return y

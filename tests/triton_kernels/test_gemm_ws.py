@@ -77,7 +77,49 @@ def test_default_config_fits_shared_memory(m):
     (1024, 1024, 512, 2),  # 16 tiles would take 8 splits, but 8 blocks make only 2 of WS_MIN_SPLIT_BLOCKS
 ])
 def test_default_config_splits_k_only_for_too_few_tiles(n, k, m, split):
-    assert configs.default_gemm_ws(n, k, m, 132).split_k == split
+    c = configs.default_gemm_ws(n, k, m, 132)
+    assert (c.split_k, c.split_tail) == (split, False)
+
+
+@pytest.mark.parametrize("n, k, m, split, split_tail", [
+    (22016, 4096, 128, 3, True),  # 172 tiles: 40 past the whole wave, 3 splits fit it (3 at most)
+    (22016, 4096, 1024, 3, True),  # 688 tiles of 256 rows: 28 past 5 waves
+    (12288, 4096, 1024, 1, False),  # 384 tiles: 120 past 2 waves, more than half a wave
+    (28672, 8192, 256, 2, True),  # 448 tiles: 52 past 3 waves, 2 splits fit one wave
+    (8192, 8192, 1056, 2, True),  # 5 x 64 = 320 tiles of 256 rows: 56 past 2 waves, 2 splits fit one wave
+    (16896, 4096, 128, 1, False),  # 132 tiles: whole waves only
+    (22016, 384, 128, 1, False),  # 3 blocks of K: too few to split
+])
+def test_default_config_splits_the_last_partial_wave(n, k, m, split, split_tail):
+    c = configs.default_gemm_ws(n, k, m, 132)
+    assert (c.split_k, c.split_tail) == (split, split_tail), c
+
+
+@pytest.mark.parametrize("tiles, split_k, split_tail, whole, units", [
+    (688, 4, True, 660, 660 + 28 * 4),  # 22016x4096 at M=1024 in 256-row tiles: 5.2 waves, the last 28 split
+    (688, 4, False, 0, 688 * 4),  # every tile split
+    (264, 3, True, 264, 264),  # whole waves only: nothing split
+    (96, 2, True, 0, 192),  # under one wave: every tile split
+    (688, 1, True, 0, 688),  # one split: nothing to split
+])
+def test_split_layout_splits_only_the_last_partial_wave(tiles, split_k, split_tail, whole, units):
+    assert gemm_ws.split_layout(tiles, split_k, split_tail, 132) == (whole, units)
+
+
+def test_split_layout_balances_the_last_wave():
+    """Work per program, in tile times, of 224 tiles on 132 programs: 2 unsplit, 1.75 with K in 4 splits. Splitting
+    only the tiles past the whole wave balances as well as splitting all of them, with 92 x 4 units writing
+    partials instead of 224 x 4."""
+    def longest_program(tiles: int, split_k: int, split_tail: bool, wave: int = 132) -> tuple[float, int]:
+        whole, units = gemm_ws.split_layout(tiles, split_k, split_tail, wave)
+        work = [0.0] * wave
+        for unit in range(units):  # a persistent grid: program p takes units p, p + wave, ...
+            work[unit % wave] += 1.0 if unit < whole else 1.0 / split_k
+        assert sum(work) == pytest.approx(tiles)
+        return max(work), units - whole
+    assert longest_program(224, 1, False) == (2, 224)
+    assert longest_program(224, 4, True) == (pytest.approx(1.75), 92 * 4)
+    assert longest_program(224, 4, False) == (pytest.approx(1.75), 224 * 4)
 
 
 def test_shipped_entries_are_configs():
@@ -92,12 +134,15 @@ CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), conf
            configs.WsConfig(128, 5, False), configs.WsConfig(64, 6, False, split_k=3),
            configs.WsConfig(32, 8, True, split_k=4), configs.WsConfig(128, 5, True, split_k=2),
            configs.WsConfig(64, 6, True, split_k=3, paired_blocks=True),
-           configs.WsConfig(128, 4, False, paired_blocks=True)]
+           configs.WsConfig(128, 4, False, paired_blocks=True),
+           # the tail split: 4096x4096 M=1000 is 256 tiles of 128 rows, 1024 of 32 (one wave whole, the rest split)
+           configs.WsConfig(128, 4, True, split_k=3, split_tail=True),
+           configs.WsConfig(32, 8, False, split_k=2, split_tail=True, paired_blocks=True)]
 
 
 def _config_id(c: configs.WsConfig) -> str:
     return (f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}" + (f"s{c.split_k}" if c.split_k > 1 else "")
-            + ("x2" if c.paired_blocks else ""))
+            + ("t" if c.split_tail else "") + ("x2" if c.paired_blocks else ""))
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
@@ -124,20 +169,25 @@ def test_matches_float64_reference(config, n, k, m, group, bias):
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
-def test_split_k_gives_the_same_bits_every_run():
+@pytest.mark.parametrize("config, n", [
+    (configs.WsConfig(64, 6, True, split_k=4), 640),
+    (configs.WsConfig(32, 8, True, split_k=4, split_tail=True), 6400),  # 150 tiles: 132 whole, 18 split
+])
+def test_split_k_gives_the_same_bits_every_run(config, n):
     """The splits' partials meet in a fixed order (`splitk.py`), whichever program finishes first."""
-    w = _weight(2048, 640, 128, device="cuda")
+    w = _weight(2048, n, 128, device="cuda")
     x = torch.randn((96, 2048), device="cuda", dtype=torch.float16)
-    config = configs.WsConfig(64, 6, True, split_k=4)
     first = gemm_ws.gemm_ws(x, w, None, config)
     for _ in range(5):
         assert torch.equal(gemm_ws.gemm_ws(x, w, None, config), first)
     assert not arrival_counters(x.device).any(), "each tile's last program resets its counter"
+    ref = (x.double() @ dequantize_prepared(w).double()).cpu()
+    assert relative_error(first, ref) < RTOL
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
-@pytest.mark.parametrize("config", [configs.WsConfig(128, 4, True), configs.WsConfig(64, 6, False, split_k=3)],
-                         ids=_config_id)
+@pytest.mark.parametrize("config", [configs.WsConfig(128, 4, True), configs.WsConfig(64, 6, False, split_k=3),
+                                    configs.WsConfig(32, 8, True, split_k=2, split_tail=True)], ids=_config_id)
 def test_runs_inside_a_cuda_graph(config):
     w = _weight(1024, 512, 128, device="cuda")
     x = torch.randn((512, 1024), device="cuda", dtype=torch.float16)
