@@ -134,10 +134,10 @@ def _wait_mmas(acc, ASM: tl.constexpr):
 @triton.jit
 def _block_float_scaled(acc, x_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, z, s, words, b, offs_m, offs_n, mask_m, mask_n,
                         N, K, stride_xm, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, dot_dtype: tl.constexpr,
-                        EVEN_K: tl.constexpr, SPLIT_DOT: tl.constexpr, ASM: tl.constexpr):
+                        EVEN_K: tl.constexpr, SPLIT_DOT: tl.constexpr, WAIT: tl.constexpr, ASM: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block whose weights enter the MMA already scaled, (q - z) * s
     rounded once to the MMA's dtype: one depth-128 `tl.dot` accumulating into acc, any group size (SPLIT_DOT:
-    two depth-64 dots, then a full MMA wait)."""
+    two depth-64 dots, then a full MMA wait; WAIT: a full MMA wait after the one dot, `waits_each_block`)."""
     high = high_word(words)
     if SPLIT_DOT:
         for h in tl.static_range(2):  # slabs 4 h .. 4 h + 3: K rows 64 h .. 64 h + 63 of the block
@@ -163,7 +163,10 @@ def _block_float_scaled(acc, x_ptr, zs_ptr, SCALE_DTYPE: tl.constexpr, z, s, wor
                     _scaled_slab(words, high, zs_ptr, SCALE_DTYPE, z, s, b, 7, offs_n, mask_n, N, GROUP, dot_dtype),
                     BLOCK_N)  # (BN, 128)
     xt = _x_rows(x_ptr, b * 128, 128, offs_m, mask_m, K, stride_xm, EVEN_K).to(dot_dtype)  # (128, BM)
-    return tl.dot(w, xt, acc)
+    acc = tl.dot(w, xt, acc)
+    if WAIT:
+        acc = _wait_mmas(acc, ASM)
+    return acc
 
 
 @triton.jit
@@ -188,12 +191,13 @@ def _join_half(w0, w1, w2, w3, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _block_half2(acc, x_ptr, z, s, words, b, offs_m, mask_m, K, stride_xm, BLOCK_N: tl.constexpr,
-                 EVEN_K: tl.constexpr, SCALE_OPERAND: tl.constexpr, SPLIT_DOT: tl.constexpr):
+                 EVEN_K: tl.constexpr, SCALE_OPERAND: tl.constexpr, SPLIT_DOT: tl.constexpr, WAIT: tl.constexpr):
     """acc (BN, BM) plus the product of one 128-row block (one group), its 8 slabs dequantised in fp16 pairs
     (`half2.slab_pairs`) to (q - z) / 16, exact, and multiplied in one depth-128 `tl.dot`. The scale times 16
     multiplies the float32 product, or (SCALE_OPERAND) the slabs, to fp16 (q - z) * s
     (`half2.scaled_slab_pairs`, one HMUL2 more a pair), and the dot accumulates straight into acc; SPLIT_DOT
-    (with SCALE_OPERAND): two depth-64 dots, then a full MMA wait (module docstring).
+    (with SCALE_OPERAND): two depth-64 dots, then a full MMA wait (module docstring); WAIT (with SCALE_OPERAND): a
+    full MMA wait after the one dot (`waits_each_block`).
     z (int32) and s (float32): (BN, 1), the block's group."""
     s = s * PAIR_SCALE
     z64, z4 = zero_pairs(z)
@@ -215,6 +219,8 @@ def _block_half2(acc, x_ptr, z, s, words, b, offs_m, mask_m, K, stride_xm, BLOCK
     xt = _x_rows(x_ptr, b * 128, 128, offs_m, mask_m, K, stride_xm, EVEN_K)  # (128, BM)
     if SCALE_OPERAND:
         acc = tl.dot(w, xt, acc)
+        if WAIT:
+            acc = _wait_mmas(acc, True)  # inline PTX already: this path never runs in the interpreter
     else:
         acc += tl.dot(w, xt) * s  # one depth-128 product: its MMAs issue back to back, one wait a block
     return acc
@@ -226,7 +232,7 @@ def gemm_swapped_kernel(
     M, N, K, stride_xm, stride_ym, blocks_per_split, split_k,
     SCALE_DTYPE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, MERGE_UNROLL: tl.constexpr, DOT_F32: tl.constexpr,
-    HALF2: tl.constexpr, SCALE_OPERAND: tl.constexpr, SPLIT_DOT: tl.constexpr, ASM: tl.constexpr,
+    HALF2: tl.constexpr, SCALE_OPERAND: tl.constexpr, SPLIT_DOT: tl.constexpr, WAIT: tl.constexpr, ASM: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid, pid_m, pid_n, pid_k = tile_ids(M, BLOCK_M)
@@ -247,10 +253,11 @@ def gemm_swapped_kernel(
         z, s = load_zero_scale(zs_ptr, (b * 128) // GROUP, offs_n, mask_n, N, SCALE_DTYPE)  # (BN, 1) each
         if HALF2:
             acc = _block_half2(acc, x_ptr, z, s, words, b, offs_m, mask_m, K, stride_xm, BLOCK_N, EVEN_K,
-                               SCALE_OPERAND, SPLIT_DOT)
+                               SCALE_OPERAND, SPLIT_DOT, WAIT)
         elif SCALE_OPERAND:
             acc = _block_float_scaled(acc, x_ptr, zs_ptr, SCALE_DTYPE, z, s, words, b, offs_m, offs_n, mask_m,
-                                      mask_n, N, K, stride_xm, GROUP, BLOCK_N, dot_dtype, EVEN_K, SPLIT_DOT, ASM)
+                                      mask_n, N, K, stride_xm, GROUP, BLOCK_N, dot_dtype, EVEN_K, SPLIT_DOT, WAIT,
+                                      ASM)
         else:
             acc = _block_float(acc, x_ptr, zs_ptr, SCALE_DTYPE, z, s, words, b, offs_m, offs_n, mask_m, mask_n,
                                N, K, stride_xm, GROUP, BLOCK_M, BLOCK_N, dot_dtype, EVEN_K)
@@ -264,6 +271,24 @@ def gemm_swapped_kernel(
                       MERGE_UNROLL)
     else:
         tl.store(y_ptr + offs_m * stride_ym + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_m & mask_n)
+
+
+# With the scale in the operand and one dot a block, Triton leaves a block's MMAs in flight while the next block is
+# dequantised. Where a warpgroup holds at most this many weight rows (one m64 wgmma a k-step), ptxas serialises
+# them (sm_90 SASS: WARPGROUP.DEPBAR.LE gsb0, 0x0 after each HGMMA). Where it holds more, ptxas lets up to seven
+# stay in flight (DEPBAR.LE gsb0, 0x7), and the next block's dequantisation can overwrite registers they still read.
+# H100 (results/swapped_race_<gpu>.json, 100 runs each of fp16 and bf16 at M = 8, 300, 1000): the 64x256 tile on
+# 8 warps gave 14 wrong fp16 results, whole columns off; the 128x256 tile, same SASS, none seen; with a full wait
+# after each block none, at 8-12% more time. No tuned or fallback tile holds more than 64 rows a warpgroup (the
+# wait would cost the 256x128 tile 6%).
+SERIALISED_ROWS_PER_WARPGROUP = 64
+
+
+def waits_each_block(config: GemmConfig) -> bool:
+    """Whether the kernel waits for every MMA at the end of each block on the one-dot scaled path: where a warpgroup
+    holds more than SERIALISED_ROWS_PER_WARPGROUP weight rows (the split product always waits)."""
+    return (config.scale_operand and not config.split_dot
+            and config.block_n // max(1, config.num_warps // 4) > SERIALISED_ROWS_PER_WARPGROUP)
 
 
 def use_half2(weight: PreparedWeight, x: torch.Tensor) -> bool:
@@ -287,7 +312,8 @@ def gemm_swapped(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | N
         SCALE_DTYPE=scale_dtype(weight.dtype), GROUP=weight.group_size, BLOCK_M=config.block_m,
         BLOCK_N=config.block_n, HAS_BIAS=bias is not None, SPLIT=split_k > 1, MERGE_UNROLL=launch.merge_unroll,
         DOT_F32=_interpreter_bf16(x), HALF2=half2 is not False and use_half2(weight, x),
-        SCALE_OPERAND=config.scale_operand, SPLIT_DOT=config.split_dot, ASM=not interpreting(),
+        SCALE_OPERAND=config.scale_operand, SPLIT_DOT=config.split_dot, WAIT=waits_each_block(config),
+        ASM=not interpreting(),
         EVEN_N=n % config.block_n == 0, EVEN_K=k % PACK_K == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

@@ -11,7 +11,7 @@ import torch
 from triton_kernels.configs import GemmConfig, GemvConfig
 from triton_kernels.dequant import dequantize
 from triton_kernels.gemm import gemm
-from triton_kernels.gemm_swapped import gemm_swapped
+from triton_kernels.gemm_swapped import gemm_swapped, waits_each_block
 from triton_kernels.gemv import gemv, register_cap
 from triton_kernels.prepare import dequantize_prepared, prepare
 from triton_kernels.testing import RTOL, random_awq_layer, reference_matmul, relative_error
@@ -174,6 +174,33 @@ def test_gemm_swapped_split_dot_needs_the_scale_in_the_operand():
     w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
     with pytest.raises(AssertionError, match="split_dot needs the scale in the operand"):
         gemm_swapped(x, w, None, GemmConfig(block_m=16, block_n=32, split_dot=True))
+
+
+def test_gemm_swapped_waits_each_block_where_a_warpgroup_holds_more_than_64_rows():
+    """The one-dot scaled path waits for its MMAs at each block's end where ptxas would leave them in flight."""
+    def waits(block_n: int, num_warps: int, scale_operand: bool = True, split_dot: bool = False) -> bool:
+        return waits_each_block(GemmConfig(block_m=64, block_n=block_n, num_warps=num_warps,
+                                           scale_operand=scale_operand, split_dot=split_dot))
+    assert waits(256, 8) and waits(128, 4)  # 128 rows a warpgroup
+    assert not waits(128, 8) and not waits(64, 4) and not waits(256, 16)  # 64 rows a warpgroup
+    assert not waits(256, 8, scale_operand=False)  # the float32 product already waits for each block
+    assert not waits(256, 8, split_dot=True)  # the split product ends each block with a full wait
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability(0)[0] != 9,
+                    reason="the race needs wgmma (Hopper)")
+def test_gemm_swapped_wide_scaled_tile_is_right_every_run():
+    """Without the wait, the 64x256 tile on 8 warps gave whole columns wrong in 12 of 400 runs at M=300 on the H100
+    (benchmarks/README.md, "a race on tiles of more than 64 rows"): 100 runs all right."""
+    layer, _, _ = _inputs(300, 1024, 768, 128, torch.float16, seed=3)
+    w = prepare(layer.qweight, layer.qzeros, layer.scales, layer.group_size)
+    wf = dequantize_prepared(w).float()
+    config = GemmConfig(block_m=64, block_n=256, split_k=1, num_warps=8, num_stages=3, scale_operand=True)
+    for _ in range(100):
+        x = torch.randn((300, 1024), device="cuda", dtype=torch.float16)
+        ref = x.float() @ wf
+        err = float((gemm_swapped(x, w, None, config).float() - ref).norm() / ref.norm())
+        assert err < RTOL, f"relative error {err:.2e}: a block's MMAs overwritten before they finished"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
