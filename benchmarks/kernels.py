@@ -108,6 +108,8 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
         "gemm_ws_split": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=64, stages=6, split_k=3)),
         "gemm_ws_split_persistent": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=32, stages=8,
                                                                                       persistent=True, split_k=4)),
+        "gemm_ws_tma_store": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=128, stages=4, persistent=True,
+                                                                                tma_store=True)),
         "gemm_ws_paired": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=64, stages=6, split_k=3,
                                                                             paired_blocks=True)),
         "dequant_cublas": dequant_matmul,
@@ -352,6 +354,8 @@ SCALE_PLACEMENTS = ((False, False), (True, False), (True, True))
 # ones ran 1.11-1.19x faster persistent, the 256-row ones 0.93-1.05x (results/gemm_ws_variants_<gpu>.json), so
 # both are tried. block_m follows M, plus 128 rows from M = 256 on (and 256 from M = 512).
 WS_STAGES = {32: (8,), 64: (6, 8), 128: (4, 5), 256: (3,)}
+# With `WsConfig.tma_store` the two (block_m, 64) fp16 y tiles take what one ring stage did (`gemm_ws.shared_bytes`)
+WS_TMA_STAGES = {32: (8,), 64: (6, 8), 128: (4,), 256: (2,)}
 # K splits tried, of every tile or (`WsConfig.split_tail`) of those past the last whole wave, while the split pieces
 # fill under WS_MAX_WAVES waves of programs, each split at least 2 blocks
 WS_SPLITS = (1, 2, 3, 4, 6, 8)
@@ -435,8 +439,10 @@ def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
                     continue
                 pairings = (False, True) if block_m <= WS_PAIRED_MAX_BLOCK_M else (False,)
                 out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split,
-                                 split_tail=split_tail, paired_blocks=paired)
-                        for stages in WS_STAGES[block_m] for persistent in (False, True) for paired in pairings]
+                                 split_tail=split_tail, paired_blocks=paired, tma_store=tma_store)
+                        for tma_store in (False, True)
+                        for stages in (WS_TMA_STAGES if tma_store else WS_STAGES)[block_m]
+                        for persistent in (False, True) for paired in pairings]
     return out
 
 

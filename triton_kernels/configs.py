@@ -88,6 +88,10 @@ class WsConfig:
     # (stream-K's hybrid). The last wave's pieces spread over all programs (224 tiles on 132: 1.75 tile times with 4
     # splits instead of 2) as when every tile is split, but only those tiles pay for partial sums
     split_tail: bool = False
+    # Whole tiles leave through shared memory and a TMA store, left in flight into the next tile, instead of 2-byte
+    # stores from the MMA layout (y's rows then need N % 8 == 0; else the register stores). Costs (block_m, 128) fp16
+    # of shared memory, so one ring stage fewer fits (`gemm_ws.shared_bytes`)
+    tma_store: bool = False
     # Two blocks an iteration into two accumulators (the second dequantised while the first one's MMAs run), at
     # twice the accumulator registers. H100: 2-10% faster on 64-row tiles, within +-3% on 128-row ones
     # (benchmarks/results/gemm_ws_experiments_<gpu>.json)
@@ -208,6 +212,13 @@ def default_gemm_swapped(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
 # 128-row ones at M=1024 on all seven shapes and at M=256 on 12288x4096 and 28672x8192 only
 # (results/gemm_ws_variants_<gpu>.json); below it, 128-row tiles on a persistent grid.
 WIDE_WS_M = 512
+# The fallback stores y through shared memory and TMA (`WsConfig.tma_store`), with the ring one stage shorter: on
+# the H100 the tuning picked it at M=1024 on the five shapes of N*K <= 2^27 (1-8% less time than the best config
+# without it, e.g. 12288x4096 148.6 -> 137.5 us: 256 rows, 2 stages, persistent), at M=256 on five shapes and at
+# M=128 on four; the 70B MLP shapes at M=1024 kept 3 stages and register stores, 1-1.5% faster
+# (results/autotune_<gpu>_tma_store.json)
+WS_FALLBACK_STAGES = {False: {128: 4, 256: 3}, True: {128: 4, 256: 2}}  # tma_store -> block_m -> ring stages
+WS_FALLBACK_TMA_STORE = True
 
 
 # K splits of the fallback: as many as whole waves of tiles fit the multiprocessors, each split at least this many
@@ -228,17 +239,17 @@ WS_TAIL_MAX_SPLIT = 3
 
 
 def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
-    block_m, stages, persistent = (256, 3, False) if m >= WIDE_WS_M else (128, 4, True)
+    block_m = 256 if m >= WIDE_WS_M else 128
+    base = dict(block_m=block_m, stages=WS_FALLBACK_STAGES[WS_FALLBACK_TMA_STORE][block_m], persistent=True,
+                tma_store=WS_FALLBACK_TMA_STORE)
     tiles = -(-m // block_m) * -(-n // 128)
     most_splits = -(-k // 128) // WS_MIN_SPLIT_BLOCKS
     if tiles <= sm_count:  # under one wave: every tile split
-        return WsConfig(block_m=block_m, stages=stages, persistent=persistent,
-                        split_k=max(1, min(most_splits, sm_count // tiles)))
+        return WsConfig(**base, split_k=max(1, min(most_splits, sm_count // tiles)))
     tail = tiles % sm_count
     split_tail = 0 < tail <= WS_TAIL_MAX_FRACTION * sm_count
     split_k = max(1, min(most_splits, sm_count // tail, WS_TAIL_MAX_SPLIT)) if split_tail else 1
-    return WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split_k,
-                    split_tail=split_tail and split_k > 1)
+    return WsConfig(**base, split_k=split_k, split_tail=split_tail and split_k > 1)
 
 
 def gemv_config(gpu_name: str | None, n: int, k: int, m: int, sm_count: int) -> GemvConfig:

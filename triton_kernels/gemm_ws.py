@@ -23,6 +23,10 @@ of tiles (22016x4096 at M=1024) only the last 28 tiles write partials, and their
 its share). The splits meet as in `splitk.py`, in a fixed order by the last to finish, through tile-local partials;
 each warpgroup's 64 columns count their splits on their own counter, so the warpgroups never wait for each other.
 
+With `WsConfig.tma_store` a whole tile's y leaves through a (BLOCK_M, 64) shared buffer a warpgroup, written with
+stmatrix, and a TMA store left in flight into the next tile; from registers, y took 2-byte stores (adjacent
+registers hold rows of y N apart) and 5-13% of the time on the H100 (benchmarks/README.md).
+
 With `WsConfig.paired_blocks` a warpgroup takes two blocks an iteration into two accumulators, so the second
 block is dequantised while the first block's MMAs run (MMAs may not stay in flight across the loop's back-edge,
 but inside one iteration they may): 2-10% faster on 64-row tiles on the H100, twice the accumulator registers.
@@ -149,6 +153,33 @@ def _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0):
 
 
 @gluon.jit
+def _store_y_tma(acc, y_desc, buf, bias_ptr, has_bias, N, off_m, col0):
+    """Write a warpgroup's (64, BLOCK_M) float32 y^T tile (plus the bias) to y in fp16 through `buf`, its (BLOCK_M, 64)
+    shared buffer, and a TMA store, left in flight: the warpgroup goes on to its next tile while the copy runs. TMA
+    clips the rows past M and the columns past N."""
+    layout: gl.constexpr = acc.type.layout
+    if has_bias:
+        cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1)  # (64, 1)
+        acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+    tma.store_wait(0)  # the previous tile's copy has read the buffer
+    gl.thread_barrier()  # ... as every thread of the warpgroup sees
+    buf.permute((1, 0)).store(acc.to(gl.float16))  # (64, BLOCK_M) view of the (BLOCK_M, 64) y tile
+    fence_async_shared()  # our shared writes come before the copy's reads
+    gl.thread_barrier()
+    tma.async_copy_shared_to_global(y_desc, [off_m, col0], buf)
+
+
+@gluon.jit
+def _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, WG: gl.constexpr,
+                      TMA_STORE: gl.constexpr):
+    """A whole tile's warpgroup half to y: through shared memory and TMA (TMA_STORE), else from registers."""
+    if TMA_STORE:
+        _store_y_tma(acc, y_desc, y_bufs.index(WG), bias_ptr, has_bias, N, off_m, col0)
+    else:
+        _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
+
+
+@gluon.jit
 def _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias, M, N,
                   stride_ym, off_m, col0, WG: gl.constexpr):
     """A split tile's warpgroup half meets its other splits as in `splitk.py`: publish this split's float32
@@ -174,9 +205,10 @@ def _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pi
 
 
 @gluon.jit
-def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
-                   n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, first_unit,
-                   unit_step, WG: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.constexpr):
+def _mma_partition(x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M, N,
+                   stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
+                   first_unit, unit_step, WG: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.constexpr,
+                   TMA_STORE: gl.constexpr):
     """One MMA warpgroup: of each of the program's work units, weight columns 64 WG .. 64 WG + 63 against the
     tile's BLOCK_M rows of x over the unit's blocks. (Sizes come from the buffers' shapes: a constexpr passed
     through `warp_specialize` in a variable arrives as a value.)"""
@@ -238,16 +270,20 @@ def _mma_partition(x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_pt
                 _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias,
                               M, N, stride_ym, off_m, col0, WG)
             else:
-                _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
+                _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, WG,
+                                  TMA_STORE)
         else:
-            _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
+            _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, WG,
+                              TMA_STORE)
+    if TMA_STORE:
+        tma.store_wait(0)  # the last copy done before the program ends
 
 
 @gluon.jit
-def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym, n_blocks,
+def gemm_ws_kernel(x_desc, w_desc, y_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym, n_blocks,
                    blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, BLOCK_M: gl.constexpr,
                    STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr, SPLIT: gl.constexpr,
-                   PAIRED: gl.constexpr):
+                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr):
     """`units` work units (`_work_unit`): tiles of (BLOCK_M rows of x) x (128 weight columns), the first
     `whole_tiles` over all of K and each later one as split_k units over a split_k-th of the K blocks. One unit a
     program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the next."""
@@ -256,18 +292,22 @@ def gemm_ws_kernel(x_desc, w_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M
     w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 16], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    if TMA_STORE:  # each warpgroup's (BLOCK_M, 64) y tile on its way out
+        y_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_M, WG_COLUMNS], y_desc.layout)
+    else:
+        y_bufs = w_bufs  # unused
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=2)  # both MMA warpgroups release a buffer
     first_unit = gl.program_id(0)
     unit_step = gl.num_programs(0) if PERSISTENT else units
     gl.warp_specialize([
-        (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
-                          n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
-                          first_unit, unit_step, 0, SPLIT, PAIRED)),  # WG, SPLIT and PAIRED written out: constexprs
-        (_mma_partition, (x_bufs, w_bufs, ready, empty, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
-                          n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
-                          first_unit, unit_step, 1, SPLIT, PAIRED)),
+        (_mma_partition, (x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M,
+                          N, stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles,
+                          units, first_unit, unit_step, 0, SPLIT, PAIRED, TMA_STORE)),  # constexprs written out
+        (_mma_partition, (x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M,
+                          N, stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles,
+                          units, first_unit, unit_step, 1, SPLIT, PAIRED, TMA_STORE)),
         (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k,
                            whole_tiles, units, first_unit, unit_step)),
     ], [4, 1], [MMA_REGS, 40])
@@ -283,6 +323,13 @@ def split_layout(tiles: int, split_k: int, split_tail: bool, wave: int) -> tuple
 def stage_bytes(block_m: int) -> int:
     """Shared memory of one buffer of the ring: the (block_m, 128) fp16 x tile and the (128, 16) int32 words."""
     return 2 * block_m * X_BOX * 2 + 2 * COLUMNS_PER_WARPGROUP * 16 * 4
+
+
+def shared_bytes(config: WsConfig) -> int:
+    """Shared memory of a config's buffers: the ring and, with `tma_store`, the two warpgroups' (block_m, 64) fp16 y
+    tiles."""
+    return config.stages * stage_bytes(config.block_m) + (config.tma_store * 2 * config.block_m * COLUMNS_PER_WARPGROUP
+                                                          * 2)
 
 
 def fits(capability: tuple[int, int], weight: PreparedWeight, x: torch.Tensor) -> bool:
@@ -320,14 +367,17 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     split = units > tiles
     assert 2 * tiles <= MAX_TILES, f"{tiles} tiles exceed the {MAX_TILES // 2} tile counters: use larger tiles"
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    tma_store = config.tma_store and n % 8 == 0  # TMA needs y's rows 16-byte aligned
+    y_desc = (TensorDescriptor(y, [m, n], [n, 1], [config.block_m, COLUMNS_PER_WARPGROUP], x_layout) if tma_store
+              else x_desc)  # x's layout: (block_m, 64) fp16 both
     # each split tile's (split_k, 128, block_m) float32 partials; each warpgroup's half counts on its own counter
     workspace = (torch.empty((tiles - whole_tiles) * split_k * block_n * config.block_m, device=x.device,
                              dtype=torch.float32) if split else y)
     counters = arrival_counters(x.device) if split else y
     grid = (min(units, sms) if config.persistent else units,)
-    gemm_ws_kernel[grid](x_desc, w_desc, weight.zero_scales, y, workspace, counters, bias if bias is not None else y,
-                         m, n, y.stride(0), n_blocks, blocks_per_split, split_k, weight.group_size // PACK_K,
-                         bias is not None, whole_tiles, units, BLOCK_M=config.block_m, STAGES=config.stages,
-                         MMA_REGS=config.mma_registers, PERSISTENT=config.persistent, SPLIT=split,
-                         PAIRED=config.paired_blocks, num_warps=4)
+    gemm_ws_kernel[grid](x_desc, w_desc, y_desc, weight.zero_scales, y, workspace, counters,
+                         bias if bias is not None else y, m, n, y.stride(0), n_blocks, blocks_per_split, split_k,
+                         weight.group_size // PACK_K, bias is not None, whole_tiles, units, BLOCK_M=config.block_m,
+                         STAGES=config.stages, MMA_REGS=config.mma_registers, PERSISTENT=config.persistent, SPLIT=split,
+                         PAIRED=config.paired_blocks, TMA_STORE=tma_store, num_warps=4)
     return y

@@ -64,7 +64,7 @@ def test_op_hands_calls_it_cannot_take_to_the_swapped_gemm():
 def test_default_config_fits_shared_memory(m):
     c = configs.default_gemm_ws(4096, 4096, m, 132)
     assert c.block_m == (256 if m >= configs.WIDE_WS_M else 128)
-    assert c.stages * gemm_ws.stage_bytes(c.block_m) <= SHARED_BYTES, f"{c} overflows shared memory"
+    assert gemm_ws.shared_bytes(c) <= SHARED_BYTES, f"{c} overflows shared memory"
     assert c.mma_registers % 8 == 0 and 2 * c.mma_registers + 40 <= 3 * 168  # setmaxnreg: the kernel's budget
 
 
@@ -122,12 +122,18 @@ def test_split_layout_balances_the_last_wave():
     assert longest_program(224, 4, False) == (pytest.approx(1.75), 224 * 4)
 
 
+def test_shared_bytes_count_the_tma_store_tiles():
+    plain, tma = configs.WsConfig(256, 2), configs.WsConfig(256, 2, tma_store=True)
+    assert gemm_ws.shared_bytes(tma) - gemm_ws.shared_bytes(plain) == 2 * 256 * 64 * 2  # two (256, 64) fp16 tiles
+    assert gemm_ws.shared_bytes(tma) <= SHARED_BYTES < gemm_ws.shared_bytes(configs.WsConfig(256, 3, tma_store=True))
+
+
 def test_shipped_entries_are_configs():
     name = "NVIDIA H100 80GB HBM3"
     entries = {k: v for k, v in configs.load_table(name).items() if k.startswith("gemm_ws/")}
     for key, entry in entries.items():
         c = configs.WsConfig(**entry)
-        assert c.stages * gemm_ws.stage_bytes(c.block_m) <= SHARED_BYTES, key
+        assert gemm_ws.shared_bytes(c) <= SHARED_BYTES, key
 
 
 CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), configs.WsConfig(256, 3, True),
@@ -137,12 +143,15 @@ CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), conf
            configs.WsConfig(128, 4, False, paired_blocks=True),
            # the tail split: 4096x4096 M=1000 is 256 tiles of 128 rows, 1024 of 32 (one wave whole, the rest split)
            configs.WsConfig(128, 4, True, split_k=3, split_tail=True),
-           configs.WsConfig(32, 8, False, split_k=2, split_tail=True, paired_blocks=True)]
+           configs.WsConfig(32, 8, False, split_k=2, split_tail=True, paired_blocks=True),
+           # y through shared memory and TMA (one ring stage fewer), with split tiles and paired blocks too
+           configs.WsConfig(256, 2, False, tma_store=True), configs.WsConfig(128, 4, True, tma_store=True),
+           configs.WsConfig(64, 8, True, split_k=3, split_tail=True, paired_blocks=True, tma_store=True)]
 
 
 def _config_id(c: configs.WsConfig) -> str:
     return (f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}" + (f"s{c.split_k}" if c.split_k > 1 else "")
-            + ("t" if c.split_tail else "") + ("x2" if c.paired_blocks else ""))
+            + ("t" if c.split_tail else "") + ("x2" if c.paired_blocks else "") + ("tma" if c.tma_store else ""))
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
