@@ -208,17 +208,16 @@ def default_gemm_swapped(n: int, k: int, m: int, sm_count: int) -> GemmConfig:
                       scale_operand=scale_operand)
 
 
-# The fallback warp-specialised GEMM from this M on: 256-row tiles, one a program. On the H100 they beat the
-# 128-row ones at M=1024 on all seven shapes and at M=256 on 12288x4096 and 28672x8192 only
-# (results/gemm_ws_variants_<gpu>.json); below it, 128-row tiles on a persistent grid.
+# The fallback warp-specialised GEMM from this M on: 256-row tiles. On the H100 they beat the 128-row ones at M=1024
+# on all seven shapes and at M=256 on 12288x4096 and 28672x8192 only (results/gemm_ws_variants_<gpu>.json); below
+# it, 128-row tiles. Both on a persistent grid, which the TMA store's winners below mostly chose.
 WIDE_WS_M = 512
 # The fallback stores y through shared memory and TMA (`WsConfig.tma_store`), with the ring one stage shorter: on
 # the H100 the tuning picked it at M=1024 on the five shapes of N*K <= 2^27 (1-8% less time than the best config
 # without it, e.g. 12288x4096 148.6 -> 137.5 us: 256 rows, 2 stages, persistent), at M=256 on five shapes and at
 # M=128 on four; the 70B MLP shapes at M=1024 kept 3 stages and register stores, 1-1.5% faster
 # (results/autotune_<gpu>_tma_store.json)
-WS_FALLBACK_STAGES = {False: {128: 4, 256: 3}, True: {128: 4, 256: 2}}  # tma_store -> block_m -> ring stages
-WS_FALLBACK_TMA_STORE = True
+WS_FALLBACK_STAGES = {128: 4, 256: 2}  # block_m -> ring stages beside the TMA store's y tiles
 
 
 # K splits of the fallback: as many as whole waves of tiles fit the multiprocessors, each split at least this many
@@ -240,8 +239,7 @@ WS_TAIL_MAX_SPLIT = 3
 
 def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
     block_m = 256 if m >= WIDE_WS_M else 128
-    base = dict(block_m=block_m, stages=WS_FALLBACK_STAGES[WS_FALLBACK_TMA_STORE][block_m], persistent=True,
-                tma_store=WS_FALLBACK_TMA_STORE)
+    base = dict(block_m=block_m, stages=WS_FALLBACK_STAGES[block_m], persistent=True, tma_store=True)
     tiles = -(-m // block_m) * -(-n // 128)
     most_splits = -(-k // 128) // WS_MIN_SPLIT_BLOCKS
     if tiles <= sm_count:  # under one wave: every tile split

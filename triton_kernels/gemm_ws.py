@@ -141,14 +141,27 @@ def _block_product(acc, x_bufs, w_bufs, ready, s, phase, zs_word, a_layout: gl.c
 
 
 @gluon.jit
+def _y_columns(acc, col0):
+    """The (64, 1) weight columns col0 .. col0 + 63 of a warpgroup's (64, BLOCK_M) y^T tile, in its layout."""
+    return gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, acc.type.layout)), 1)
+
+
+@gluon.jit
+def _plus_bias(acc, bias_ptr, has_bias, N, col0):
+    """A warpgroup's (64, BLOCK_M) float32 y^T tile plus the bias of its columns (if there is one)."""
+    if has_bias:
+        cols = _y_columns(acc, col0)  # (64, 1)
+        acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+    return acc
+
+
+@gluon.jit
 def _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0):
     """Write a warpgroup's (64, BLOCK_M) float32 y^T tile (plus the bias) to y (M, N) in fp16."""
-    layout: gl.constexpr = acc.type.layout
     BLOCK_M: gl.constexpr = acc.type.shape[1]
-    cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1)  # (64, 1)
-    rows = gl.expand_dims(off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0)  # (1, BLOCK_M)
-    if has_bias:
-        acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+    cols = _y_columns(acc, col0)  # (64, 1)
+    rows = gl.expand_dims(off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc.type.layout)), 0)  # (1, BLOCK_M)
+    acc = _plus_bias(acc, bias_ptr, has_bias, N, col0)
     gl.store(y_ptr + rows * stride_ym + cols, acc.to(gl.float16), mask=(rows < M) & (cols < N))
 
 
@@ -157,10 +170,7 @@ def _store_y_tma(acc, y_desc, buf, bias_ptr, has_bias, N, off_m, col0):
     """Write a warpgroup's (64, BLOCK_M) float32 y^T tile (plus the bias) to y in fp16 through `buf`, its (BLOCK_M, 64)
     shared buffer, and a TMA store, left in flight: the warpgroup goes on to its next tile while the copy runs. TMA
     clips the rows past M and the columns past N."""
-    layout: gl.constexpr = acc.type.layout
-    if has_bias:
-        cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1)  # (64, 1)
-        acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+    acc = _plus_bias(acc, bias_ptr, has_bias, N, col0)
     tma.store_wait(0)  # the previous tile's copy has read the buffer
     gl.thread_barrier()  # ... as every thread of the warpgroup sees
     buf.permute((1, 0)).store(acc.to(gl.float16))  # (64, BLOCK_M) view of the (BLOCK_M, 64) y tile
@@ -328,8 +338,8 @@ def stage_bytes(block_m: int) -> int:
 def shared_bytes(config: WsConfig) -> int:
     """Shared memory of a config's buffers: the ring and, with `tma_store`, the two warpgroups' (block_m, 64) fp16 y
     tiles."""
-    return config.stages * stage_bytes(config.block_m) + (config.tma_store * 2 * config.block_m * COLUMNS_PER_WARPGROUP
-                                                          * 2)
+    y_tiles = 2 * config.block_m * COLUMNS_PER_WARPGROUP * 2 if config.tma_store else 0
+    return config.stages * stage_bytes(config.block_m) + y_tiles
 
 
 def fits(capability: tuple[int, int], weight: PreparedWeight, x: torch.Tensor) -> bool:
