@@ -112,6 +112,10 @@ def check_correctness(part: tuple[int, int] = (0, 1)) -> list[dict]:
                                                                                 tma_store=True)),
         "gemm_ws_paired": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=64, stages=6, split_k=3,
                                                                             paired_blocks=True)),
+        "gemm_ws_3wg": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=128, stages=4, persistent=True,
+                                                                         tma_store=True, warpgroups=3)),
+        "gemm_ws_4wg": lambda x, w, b: gemm_ws.gemm_ws(x, w, b, WsConfig(block_m=64, stages=6, split_k=2,
+                                                                         tma_store=True, warpgroups=4)),
         "dequant_cublas": dequant_matmul,
         "dispatched": lambda x, w, b: w4a16_linear(x, w, b),
     }
@@ -364,6 +368,9 @@ WS_MIN_M = 32  # tuned and timed from this M (below it the swapped GEMM's 16-row
 # Paired blocks (`WsConfig.paired_blocks`) are tried on tiles of up to this many rows: on 64-row tiles they took
 # 2-10% less than one block an iteration, on 128-row ones within +-2% (results/gemm_ws_experiments_<gpu>.json)
 WS_PAIRED_MAX_BLOCK_M = 64
+# MMA warpgroups tried (`WsConfig.warpgroups`), each on tiles of up to `gemm_ws.MAX_BLOCK_M` rows
+WARPGROUP_CHOICES = (2, 3, 4)
+WS_WARPGROUPS = WARPGROUP_CHOICES
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
 SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -422,28 +429,37 @@ def gemm_swapped_candidates(m: int, n: int, k: int) -> list[GemmConfig]:
 
 def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
     """WS_STAGES x persistent or not x WS_SPLITS of every tile or of the last partial wave's (x paired blocks or not on
-    small tiles), from WS_MIN_M to SWAPPED_MAX_M, on a Hopper GPU with a Triton that has Gluon."""
+    small tiles) x WS_WARPGROUPS, from WS_MIN_M to SWAPPED_MAX_M, on a Hopper GPU with a Triton that has Gluon."""
     if gemm_ws is None or torch.cuda.get_device_capability(0)[0] != 9 or not WS_MIN_M <= m <= SWAPPED_MAX_M:
         return []
     bucket = configs.bucket_m(m)
     block_ms = {min(max(32, bucket), 256)} | ({128} if bucket >= 256 else set())
     blocks = -(-k // 128)
     out = []
-    for block_m in sorted(block_ms):
-        tiles = -(-m // block_m) * -(-n // 128)
-        tail_tiles = tiles % SMS if tiles > SMS else 0  # tiles past the last whole wave (`WsConfig.split_tail`)
-        for split in WS_SPLITS:
-            for split_tail in (False, True) if split > 1 else (False,):
-                split_tiles = tail_tiles if split_tail else tiles
-                if split > 1 and not (split <= blocks // 2 and 0 < split_tiles * split <= WS_MAX_WAVES * SMS):
-                    continue
-                pairings = (False, True) if block_m <= WS_PAIRED_MAX_BLOCK_M else (False,)
-                out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split,
-                                 split_tail=split_tail, paired_blocks=paired, tma_store=tma_store)
-                        for tma_store in (False, True)
-                        for stages in (WS_TMA_STAGES if tma_store else WS_STAGES)[block_m]
-                        for persistent in (False, True) for paired in pairings]
+    for warpgroups in WS_WARPGROUPS:
+        for block_m in sorted(b for b in block_ms if b <= gemm_ws.MAX_BLOCK_M[warpgroups]):
+            tiles = -(-m // block_m) * -(-n // (64 * warpgroups))
+            tail_tiles = tiles % SMS if tiles > SMS else 0  # tiles past the last whole wave (`WsConfig.split_tail`)
+            for split in WS_SPLITS:
+                for split_tail in (False, True) if split > 1 else (False,):
+                    split_tiles = tail_tiles if split_tail else tiles
+                    if split > 1 and not (split <= blocks // 2 and 0 < split_tiles * split <= WS_MAX_WAVES * SMS):
+                        continue
+                    pairings = (False, True) if block_m <= WS_PAIRED_MAX_BLOCK_M else (False,)
+                    out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split,
+                                     split_tail=split_tail, paired_blocks=paired, tma_store=tma_store,
+                                     warpgroups=warpgroups)
+                            for tma_store in (False, True)
+                            for stages in ws_stages(block_m, warpgroups, tma_store)
+                            for persistent in (False, True) for paired in pairings]
     return out
+
+
+def ws_stages(block_m: int, warpgroups: int, tma_store: bool) -> tuple[int, ...]:
+    """Ring depths tried: the tables above for 2 warpgroups, else the deepest ring that fits."""
+    if warpgroups == 2:
+        return (WS_TMA_STAGES if tma_store else WS_STAGES)[block_m]
+    return (gemm_ws.deepest_ring(block_m, warpgroups, tma_store),)
 
 
 def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple, part=(0, 1)) -> None:
@@ -482,6 +498,8 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                         fastest[kind] = time_ring(lambda xx, ww, c=type(cands[0])(**entry), f=fn: f(xx, ww, None, c),
                                                   ring, x, replays=5)
                     continue
+                if kind == "gemm_ws" and entry and WS_WARPGROUPS != WARPGROUP_CHOICES:
+                    cands = [WsConfig(**entry), *cands]  # a subset of the candidates: the entry still competes
                 best, tried = None, []
                 for cfg in cands:
                     work_index += 1
@@ -593,7 +611,7 @@ def format_row(r: dict) -> str:
 
 
 def main() -> None:
-    global WARM_ONLY, GEMM_STAGES
+    global WARM_ONLY, GEMM_STAGES, WS_WARPGROUPS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autotune", action="store_true", help="tune configs and write triton_kernels/configs/<gpu>.json")
     parser.add_argument("--check-only", action="store_true")
@@ -613,10 +631,14 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file name: kernels_<gpu>[_<tag>].json")
     parser.add_argument("--gemm-stages", default=",".join(map(str, GEMM_STAGES)),
                         help="comma-separated pipeline depths --autotune tries for 16-row GEMM tiles")
+    parser.add_argument("--ws-warpgroups", default=",".join(map(str, WS_WARPGROUPS)),
+                        help="MMA warpgroup counts --autotune tries for the warp-specialised GEMM (a subset keeps the "
+                             "current entry among the candidates)")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     WARM_ONLY = args.warm_only
     GEMM_STAGES = tuple(int(v) for v in args.gemm_stages.split(","))
+    WS_WARPGROUPS = tuple(int(v) for v in args.ws_warpgroups.split(","))
     part = tuple(int(v) for v in args.part.split("/"))
     assert len(part) == 2 and 0 <= part[0] < part[1], f"--part must be i/n with 0 <= i < n, got {args.part}"
     t0 = time.time()

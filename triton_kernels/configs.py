@@ -72,7 +72,7 @@ class GemmConfig:
 
 @dataclass(frozen=True)
 class WsConfig:
-    """The warp-specialised Hopper GEMM (`gemm_ws.py`): tiles of block_m rows of x by 128 weight columns."""
+    """The warp-specialised Hopper GEMM (`gemm_ws.py`): tiles of block_m rows of x by 64 x warpgroups weight columns."""
 
     block_m: int = 256
     stages: int = 3  # shared buffers in the load warp's ring (a 256-row stage takes 72 KB: 3 fit)
@@ -80,7 +80,9 @@ class WsConfig:
     # program a tile. H100: 128-row tiles 1.11-1.19x faster persistent, 256-row ones 0.93-1.05x
     # (benchmarks/results/gemm_ws_variants_<gpu>.json)
     persistent: bool = False
-    mma_registers: int = 232  # registers a thread of each MMA warpgroup (the load warp keeps 40)
+    # Registers a thread of each MMA warpgroup; None: the most the register file leaves them beside the load warp's
+    # 40 (`gemm_ws.mma_register_budget`: 232 with 2 warpgroups, 152 with 3, 112 with 4)
+    mma_registers: int | None = None
     # K split over this many programs a tile (fixed-order sum, `splitk.py`): for shapes of too few tiles to fill
     # the multiprocessors (N = 4096 at M <= 256)
     split_k: int = 1
@@ -96,6 +98,10 @@ class WsConfig:
     # twice the accumulator registers. H100: 2-10% faster on 64-row tiles, within +-3% on 128-row ones
     # (benchmarks/results/gemm_ws_experiments_<gpu>.json)
     paired_blocks: bool = False
+    # MMA warpgroups, each owning 64 weight columns of the tile: 2, 3 or 4 (tiles 128, 192 or 256 columns wide). More
+    # warpgroups put more warps on each scheduler to hide the dequantisation's latency while the others' MMAs run, and
+    # other tile widths fit other shapes into whole waves; their registers shrink (3: tiles of up to 128 rows, 4: 64)
+    warpgroups: int = 2
 
 
 def bucket_m(m: int) -> int:

@@ -50,8 +50,8 @@ DISPATCH_TABLE: tuple[Rule, ...] = (
          "dequant+cuBLAS 84.6; 28672x8192 M=64: 100.0 vs 223.3 vs 383.0; M=256, with the scale inside the weight "
          "operand and 256-row tiles: 256.4 vs 674.1 vs 410.0)"),
     Rule(1024, KernelChoice.GEMM_WS,
-         "256<M<=1024 on Hopper: the warp-specialised GEMM (`gemm_ws.py`: a load warp feeding two MMA warpgroups "
-         "that meet only at the buffers' barriers, so one dequantises while the other's MMAs run) beat the swapped "
+         "256<M<=1024 on Hopper: the warp-specialised GEMM (`gemm_ws.py`: a load warp feeding MMA warpgroups "
+         "that meet only at the buffers' barriers, so one dequantises while the others' MMAs run) beat the swapped "
          "GEMM at M=1024 on all seven benchmark shapes on the H100 by 1.09-1.34x, at 0.82-0.99x fp16 cuBLAS "
          "(28672x8192: 664.8 vs 893.8 us, fp16 626.5; 8192x28672: 616.1 vs 795.0, fp16 609.3; "
          "results/gemm_ws_variants_<gpu>.json)", capability_major=9),

@@ -5,15 +5,16 @@ Triton its two warpgroups share one software pipeline: both wait at the CTA barr
 buffer's reuse, so both dequantise at the same time and the tensor cores idle meanwhile (Nsight Compute,
 28672x8192 M=1024: tensor pipe busy 67% of cycles against cuBLAS's 98%). Here each role has its own warps:
 
-- a load warp copies, per 128-row block of K, the x tile (BLOCK_M, 128) and the (BLOCK_N, 16) words with
-  TMA into a ring of `STAGES` shared buffers, and signals `ready[s]`;
-- two MMA warpgroups each own 64 of the BLOCK_N weight columns. Each waits for `ready[s]`, reads its words
-  from shared memory straight into the wgmma register-operand layout, dequantises slab by slab (fp16 pairs,
-  `half2.scaled_half_pairs`, the scale inside the operand), issues eight depth-16 wgmma against the x tile in
-  shared memory, waits for them, and arrives on `empty[s]` so the load warp may refill the buffer.
+- a load warp copies, per 128-row block of K, the x tile (BLOCK_M, 128) and each MMA warpgroup's (64, 16) words
+  with TMA into a ring of `STAGES` shared buffers, and signals `ready[s]`;
+- `WsConfig.warpgroups` (2 to 4) MMA warpgroups each own 64 of the BLOCK_N weight columns. Each waits for
+  `ready[s]`, reads its words from shared memory straight into the wgmma register-operand layout, dequantises
+  slab by slab (fp16 pairs, `half2.scaled_half_pairs`, the scale inside the operand), issues eight depth-16 wgmma
+  against the x tile in shared memory, waits for them, and arrives on `empty[s]` so the load warp may refill the
+  buffer.
 
-The two warpgroups meet only at the ring's barriers, never at a CTA barrier, so one dequantises while the
-other's MMAs run. The zero point and scale words are loaded into registers two blocks ahead.
+The warpgroups meet only at the ring's barriers, never at a CTA barrier, so one dequantises while the others'
+MMAs run. The zero point and scale words are loaded into registers two blocks ahead.
 
 A program's work unit is one output tile over all of K, or (`WsConfig.split_k`) over one of split_k ranges of
 K blocks: shapes of few tiles (N = 4096 at M <= 256: 32 tiles of 128 columns) then fill the multiprocessors.
@@ -55,8 +56,18 @@ from .zero_scale import split_zero_scale
 PAIR_SCALE = gl.constexpr(_WEIGHT_SCALE)  # `slab pairs` hold (q - z) / 16
 COLUMNS_PER_WARPGROUP = 64  # weight columns a warpgroup owns: the wgmma's M
 X_BOX = 64  # K columns of one x copy: 128 bytes of fp16, the widest swizzled TMA box
+LOAD_REGISTERS = 40  # registers a thread of the load warp keeps (setmaxnreg): it only issues copies
+# setmaxnreg shares one multiprocessor's 64K registers among the program's warpgroups of 128 threads: at most 512 a
+# thread summed over the MMA warpgroups and the load warp's
+REGISTER_FILE_PER_THREAD = 512
+MAX_SHARED_BYTES = 227 * 1024  # shared memory one program may have on sm_90
+# Tile rows each MMA warpgroup count compiles for without spilling in its register budget (ptxas -v, sm_90a, Triton
+# 3.6): the (64, block_m) float32 accumulator takes block_m / 2 registers a thread. 3 warpgroups at 256 rows fail
+# to assemble; 4 at 128 rows spill 232 bytes (and at 64 rows with paired blocks, 36)
+MAX_BLOCK_M = {2: 256, 3: 128, 4: 64}
 WG_COLUMNS = gl.constexpr(COLUMNS_PER_WARPGROUP)
 X_BOX_K = gl.constexpr(X_BOX)
+LOAD_REGS = gl.constexpr(LOAD_REGISTERS)
 
 
 @gluon.jit
@@ -79,10 +90,11 @@ def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks
                     whole_tiles, units, first_unit, unit_step):
     """The load warp: block b of each of the program's work units, its x tile (two 64-column boxes) and words,
     into the next buffer of the ring."""
-    STAGES: gl.constexpr = w_bufs.type.shape[0]
+    STAGES: gl.constexpr = ready.type.shape[0]
+    WARPGROUPS: gl.constexpr = w_bufs.type.shape[0] // STAGES
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
-    BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
-    nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + w_desc.block_type.nbytes
+    BLOCK_N: gl.constexpr = WARPGROUPS * WG_COLUMNS
+    nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + WARPGROUPS * w_desc.block_type.nbytes
     tiles_m = gl.cdiv(M, BLOCK_M)
     it = 0  # blocks loaded so far: the ring position
     for unit in range(first_unit, units, unit_step):
@@ -95,7 +107,9 @@ def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks
             mbarrier.expect(bar, nbytes)
             tma.async_copy_global_to_shared(x_desc, [off_m, b * 128], bar, x_bufs.index(2 * s))
             tma.async_copy_global_to_shared(x_desc, [off_m, b * 128 + X_BOX_K], bar, x_bufs.index(2 * s + 1))
-            tma.async_copy_global_to_shared(w_desc, [b * N + off_n, 0], bar, w_bufs.index(s))
+            for g in gl.static_range(WARPGROUPS):  # each warpgroup's (64, 16) words in a buffer of their own
+                tma.async_copy_global_to_shared(w_desc, [b * N + off_n + g * WG_COLUMNS, 0], bar,
+                                                w_bufs.index(s * WARPGROUPS + g))
             it += 1
 
 
@@ -127,7 +141,8 @@ def _block_product(acc, x_bufs, w_bufs, ready, s, phase, zs_word, a_layout: gl.c
     """acc + this warpgroup's 64 columns of the block in buffer s (once it has arrived) times its x tile: eight
     depth-16 wgmma issued, not waited for."""
     mbarrier.wait(ready.index(s), phase)
-    words = w_bufs.index(s).slice(WG * WG_COLUMNS, WG_COLUMNS, dim=0).load(a_layout)  # (64, 16) int32
+    WARPGROUPS: gl.constexpr = w_bufs.type.shape[0] // ready.type.shape[0]
+    words = w_bufs.index(s * WARPGROUPS + WG).load(a_layout)  # (64, 16) int32
     zeros = gl.zeros_like(words)
     z64, z4, scale16 = _zero_scale_pairs(zs_word, zeros)
     for h in gl.static_range(2):  # half h: slabs 4 h .. 4 h + 3, x columns 64 h .. 64 h + 63
@@ -191,40 +206,40 @@ def _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stri
 
 @gluon.jit
 def _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias, M, N,
-                  stride_ym, off_m, col0, WG: gl.constexpr):
+                  stride_ym, off_m, col0, WG: gl.constexpr, WARPGROUPS: gl.constexpr):
     """A split tile's warpgroup half meets its other splits as in `splitk.py`: publish this split's float32
     partial, count in on the half's own counter behind the warpgroup's own barrier; the last to arrive sums the
     partials in split order, writes y and resets the counter. The partials are tile-local, in the accumulator's
-    (column, row) order: split s of warpgroup WG of the i-th split tile at ((i split_k + s) 2 + WG) 64 BLOCK_M
-    floats. So they need no mask, and the workspace holds the split tiles only."""
+    (column, row) order: split s of warpgroup WG of the i-th split tile at ((i split_k + s) WARPGROUPS + WG) 64
+    BLOCK_M floats. So they need no mask, and the workspace holds the split tiles only."""
     layout: gl.constexpr = acc.type.layout
     BLOCK_M: gl.constexpr = acc.type.shape[1]
     local = (gl.expand_dims(gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1) * BLOCK_M
              + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0))  # (64, BLOCK_M)
     half_floats: gl.constexpr = WG_COLUMNS * BLOCK_M
-    first = ws_ptr + (((tile - whole_tiles) * split_k * 2 + WG).to(gl.int64) * half_floats)  # split 0's partial
-    gl.store(first + pid_k * (2 * half_floats) + local, acc)
+    first = ws_ptr + (((tile - whole_tiles) * split_k * WARPGROUPS + WG).to(gl.int64) * half_floats)  # split 0
+    gl.store(first + pid_k * (WARPGROUPS * half_floats) + local, acc)
     gl.thread_barrier()  # every thread's partial is written before the counter says so
-    counter = count_ptr + 2 * tile + WG
+    counter = count_ptr + WARPGROUPS * tile + WG
     if gl.atomic_add(counter, 1, sem="acq_rel") == split_k - 1:
         acc = gl.zeros_like(acc)
         for s in range(split_k):  # .cg: from L2, where the other programs' partials are
-            acc += gl.load(first + s * (2 * half_floats) + local, cache_modifier=".cg")
+            acc += gl.load(first + s * (WARPGROUPS * half_floats) + local, cache_modifier=".cg")
         gl.atomic_xchg(counter, 0)
         _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
 
 
 @gluon.jit
-def _mma_partition(x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M, N,
-                   stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
-                   first_unit, unit_step, WG: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.constexpr,
-                   TMA_STORE: gl.constexpr):
+def _mma_partition(args, WG: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.constexpr, TMA_STORE: gl.constexpr):
     """One MMA warpgroup: of each of the program's work units, weight columns 64 WG .. 64 WG + 63 against the
-    tile's BLOCK_M rows of x over the unit's blocks. (Sizes come from the buffers' shapes: a constexpr passed
-    through `warp_specialize` in a variable arrives as a value.)"""
-    STAGES: gl.constexpr = w_bufs.type.shape[0]
+    tile's BLOCK_M rows of x over the unit's blocks. `args` are the kernel's values every warpgroup shares. (Sizes
+    come from the buffers' shapes: a constexpr passed through `warp_specialize` in a variable arrives as a value.)"""
+    (x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
+     n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, first_unit, unit_step) = args
+    STAGES: gl.constexpr = ready.type.shape[0]
+    WARPGROUPS: gl.constexpr = w_bufs.type.shape[0] // STAGES
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
-    BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
+    BLOCK_N: gl.constexpr = WARPGROUPS * WG_COLUMNS
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=2)
@@ -278,7 +293,7 @@ def _mma_partition(x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, 
         if SPLIT:
             if split:
                 _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias,
-                              M, N, stride_ym, off_m, col0, WG)
+                              M, N, stride_ym, off_m, col0, WG, WARPGROUPS)
             else:
                 _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, WG,
                                   TMA_STORE)
@@ -293,34 +308,46 @@ def _mma_partition(x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, 
 def gemm_ws_kernel(x_desc, w_desc, y_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym, n_blocks,
                    blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, BLOCK_M: gl.constexpr,
                    STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr, SPLIT: gl.constexpr,
-                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr):
-    """`units` work units (`_work_unit`): tiles of (BLOCK_M rows of x) x (128 weight columns), the first
+                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr, WARPGROUPS: gl.constexpr):
+    """`units` work units (`_work_unit`): tiles of (BLOCK_M rows of x) x (64 WARPGROUPS weight columns), the first
     `whole_tiles` over all of K and each later one as split_k units over a split_k-th of the K blocks. One unit a
     program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the next."""
-    BLOCK_N: gl.constexpr = 2 * WG_COLUMNS
+    BLOCK_N: gl.constexpr = WARPGROUPS * WG_COLUMNS
     x_bufs = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, X_BOX_K], x_desc.layout)
-    w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, 16], w_desc.layout)
+    w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES * WARPGROUPS, WG_COLUMNS, 16], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     if TMA_STORE:  # each warpgroup's (BLOCK_M, 64) y tile on its way out
-        y_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_M, WG_COLUMNS], y_desc.layout)
+        y_bufs = gl.allocate_shared_memory(gl.float16, [WARPGROUPS, BLOCK_M, WG_COLUMNS], y_desc.layout)
     else:
         y_bufs = w_bufs  # unused
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)  # both MMA warpgroups release a buffer
+        mbarrier.init(empty.index(s), count=WARPGROUPS)  # every MMA warpgroup releases a buffer
     first_unit = gl.program_id(0)
     unit_step = gl.num_programs(0) if PERSISTENT else units
-    gl.warp_specialize([
-        (_mma_partition, (x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M,
-                          N, stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles,
-                          units, first_unit, unit_step, 0, SPLIT, PAIRED, TMA_STORE)),  # constexprs written out
-        (_mma_partition, (x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M,
-                          N, stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles,
-                          units, first_unit, unit_step, 1, SPLIT, PAIRED, TMA_STORE)),
-        (_load_partition, (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k,
-                           whole_tiles, units, first_unit, unit_step)),
-    ], [4, 1], [MMA_REGS, 40])
+    shared = (x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M, N,
+              stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
+              first_unit, unit_step)
+    load = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k, whole_tiles, units,
+            first_unit, unit_step)
+    # One partition per MMA warpgroup, the first in the kernel's own 4 warps, each with its constexprs written out
+    if WARPGROUPS == 2:
+        gl.warp_specialize([(_mma_partition, (shared, 0, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 1, SPLIT, PAIRED, TMA_STORE)),
+                            (_load_partition, load)], [4, 1], [MMA_REGS, LOAD_REGS])
+    elif WARPGROUPS == 3:
+        gl.warp_specialize([(_mma_partition, (shared, 0, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 1, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 2, SPLIT, PAIRED, TMA_STORE)),
+                            (_load_partition, load)], [4, 4, 1], [MMA_REGS, MMA_REGS, LOAD_REGS])
+    else:
+        gl.static_assert(WARPGROUPS == 4, "2, 3 or 4 MMA warpgroups")
+        gl.warp_specialize([(_mma_partition, (shared, 0, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 1, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 2, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 3, SPLIT, PAIRED, TMA_STORE)),
+                            (_load_partition, load)], [4, 4, 4, 1], [MMA_REGS, MMA_REGS, MMA_REGS, LOAD_REGS])
 
 
 def split_layout(tiles: int, split_k: int, split_tail: bool, wave: int) -> tuple[int, int]:
@@ -330,16 +357,39 @@ def split_layout(tiles: int, split_k: int, split_tail: bool, wave: int) -> tuple
     return whole, whole + (tiles - whole) * split_k
 
 
-def stage_bytes(block_m: int) -> int:
-    """Shared memory of one buffer of the ring: the (block_m, 128) fp16 x tile and the (128, 16) int32 words."""
-    return 2 * block_m * X_BOX * 2 + 2 * COLUMNS_PER_WARPGROUP * 16 * 4
+def stage_bytes(block_m: int, warpgroups: int = 2) -> int:
+    """Shared memory of one buffer of the ring: the (block_m, 128) fp16 x tile and the (64 warpgroups, 16) int32
+    words."""
+    return 2 * block_m * X_BOX * 2 + warpgroups * COLUMNS_PER_WARPGROUP * 16 * 4
 
 
 def shared_bytes(config: WsConfig) -> int:
-    """Shared memory of a config's buffers: the ring and, with `tma_store`, the two warpgroups' (block_m, 64) fp16 y
-    tiles."""
-    y_tiles = 2 * config.block_m * COLUMNS_PER_WARPGROUP * 2 if config.tma_store else 0
-    return config.stages * stage_bytes(config.block_m) + y_tiles
+    """Shared memory of a config's buffers: the ring and, with `tma_store`, each warpgroup's (block_m, 64) fp16 y
+    tile."""
+    y_tiles = config.warpgroups * config.block_m * COLUMNS_PER_WARPGROUP * 2 if config.tma_store else 0
+    return config.stages * stage_bytes(config.block_m, config.warpgroups) + y_tiles
+
+
+def mma_register_budget(warpgroups: int) -> int:
+    """Registers a thread of each of `warpgroups` MMA warpgroups may take (setmaxnreg wants multiples of 8)."""
+    return (REGISTER_FILE_PER_THREAD - LOAD_REGISTERS) // warpgroups // 8 * 8
+
+
+def deepest_ring(block_m: int, warpgroups: int, tma_store: bool) -> int:
+    """The most ring stages that fit MAX_SHARED_BYTES beside the y tiles (1 KB left for the barriers)."""
+    y_tiles = shared_bytes(WsConfig(block_m=block_m, stages=0, warpgroups=warpgroups, tma_store=tma_store))
+    return (MAX_SHARED_BYTES - 1024 - y_tiles) // stage_bytes(block_m, warpgroups)
+
+
+def check_config(config: WsConfig) -> None:
+    """A clear error for a config the kernel cannot build, naming what to change."""
+    assert config.warpgroups in MAX_BLOCK_M, f"warpgroups must be one of {sorted(MAX_BLOCK_M)}, got {config.warpgroups}"
+    assert config.block_m <= MAX_BLOCK_M[config.warpgroups], (
+        f"{config.warpgroups} MMA warpgroups take tiles of up to {MAX_BLOCK_M[config.warpgroups]} rows, got "
+        f"block_m={config.block_m}: use fewer warpgroups or smaller tiles")
+    assert shared_bytes(config) <= MAX_SHARED_BYTES - 1024, (
+        f"{config} needs {shared_bytes(config)} bytes of shared memory, over {MAX_SHARED_BYTES - 1024}: use fewer "
+        f"stages (at most {deepest_ring(config.block_m, config.warpgroups, config.tma_store)})")
 
 
 def fits(capability: tuple[int, int], weight: PreparedWeight, x: torch.Tensor) -> bool:
@@ -361,26 +411,28 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     assert runs(weight, x), (f"gemm_ws needs a Hopper GPU, fp16 x and scales, groups of whole {PACK_K}-row blocks and "
                              f"K % 8 == 0; got {x.dtype} x {tuple(x.shape)} on {x.device}, group {weight.group_size}")
     assert x.shape[1] == weight.in_features, f"x has K={x.shape[1]}, weight expects {weight.in_features}"
+    check_config(config)
     m, k = x.shape
     n = weight.out_features
-    block_n = 2 * COLUMNS_PER_WARPGROUP
+    block_n = config.warpgroups * COLUMNS_PER_WARPGROUP
     x_layout = gl.NVMMASharedLayout.get_default_for([config.block_m, X_BOX], gl.float16)
     x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [config.block_m, X_BOX], x_layout)
     words = weight.qweight.view(-1, 16)  # (blocks * N, 16): block b's words of column n in row b N + n
-    w_layout = gl.NVMMASharedLayout.get_default_for([block_n, 16], gl.int32)
-    w_desc = TensorDescriptor(words, list(words.shape), [16, 1], [block_n, 16], w_layout)
+    w_layout = gl.NVMMASharedLayout.get_default_for([COLUMNS_PER_WARPGROUP, 16], gl.int32)
+    w_desc = TensorDescriptor(words, list(words.shape), [16, 1], [COLUMNS_PER_WARPGROUP, 16], w_layout)
     n_blocks = weight.qweight.shape[0]
     blocks_per_split, split_k = k_splits(n_blocks, config.split_k)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, block_n)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     whole_tiles, units = split_layout(tiles, split_k, config.split_tail, sms)
     split = units > tiles
-    assert 2 * tiles <= MAX_TILES, f"{tiles} tiles exceed the {MAX_TILES // 2} tile counters: use larger tiles"
+    assert config.warpgroups * tiles <= MAX_TILES, (f"{tiles} tiles of {config.warpgroups} warpgroups exceed the "
+                                                    f"{MAX_TILES} counters: use larger tiles")
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     tma_store = config.tma_store and n % 8 == 0  # TMA needs y's rows 16-byte aligned
     y_desc = (TensorDescriptor(y, [m, n], [n, 1], [config.block_m, COLUMNS_PER_WARPGROUP], x_layout) if tma_store
               else x_desc)  # x's layout: (block_m, 64) fp16 both
-    # each split tile's (split_k, 128, block_m) float32 partials; each warpgroup's half counts on its own counter
+    # each split tile's (split_k, block_n, block_m) float32 partials; each warpgroup's part counts on its own counter
     workspace = (torch.empty((tiles - whole_tiles) * split_k * block_n * config.block_m, device=x.device,
                              dtype=torch.float32) if split else y)
     counters = arrival_counters(x.device) if split else y
@@ -388,6 +440,7 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     gemm_ws_kernel[grid](x_desc, w_desc, y_desc, weight.zero_scales, y, workspace, counters,
                          bias if bias is not None else y, m, n, y.stride(0), n_blocks, blocks_per_split, split_k,
                          weight.group_size // PACK_K, bias is not None, whole_tiles, units, BLOCK_M=config.block_m,
-                         STAGES=config.stages, MMA_REGS=config.mma_registers, PERSISTENT=config.persistent, SPLIT=split,
-                         PAIRED=config.paired_blocks, TMA_STORE=tma_store, num_warps=4)
+                         STAGES=config.stages, MMA_REGS=config.mma_registers or mma_register_budget(config.warpgroups),
+                         PERSISTENT=config.persistent, SPLIT=split, PAIRED=config.paired_blocks, TMA_STORE=tma_store,
+                         WARPGROUPS=config.warpgroups, num_warps=4)
     return y

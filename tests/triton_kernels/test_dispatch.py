@@ -97,10 +97,12 @@ def test_swapped_gemm_shipped_entries_are_found():
     assert select_kernel(256, 4096, 4096, H100, name) is KernelChoice.GEMM_SWAPPED  # too few 128-column tiles
     # M=1024 and 2048: the warp-specialised GEMM measured fastest on all seven shapes (the table's entries);
     # M=4096 (and above: the largest bucket) dequant+cuBLAS on all but 8192x28672
-    for n, k in ((28672, 8192), (22016, 4096), (4096, 4096)):
+    # 22016x4096 in 128-row tiles of three warpgroups' 192 columns: 920 tiles, 6.97 waves of 132 programs
+    for n, k, tile in ((28672, 8192, (256, 2)), (22016, 4096, (128, 3)), (4096, 4096, (256, 2))):
         assert select_kernel(1024, n, k, H100, name) is KernelChoice.GEMM_WS
         assert select_kernel(1500, n, k, H100, name) is KernelChoice.GEMM_WS
-        assert configs.gemm_ws_config(name, n, k, 1024, 132).block_m == 256
+        ws = configs.gemm_ws_config(name, n, k, 1024, 132)
+        assert (ws.block_m, ws.warpgroups) == tile
         assert select_kernel(4096, n, k, H100, name) is KernelChoice.DEQUANT_CUBLAS
     assert select_kernel(8192, 22016, 4096, H100, name) is KernelChoice.DEQUANT_CUBLAS
     assert select_kernel(4096, 8192, 28672, H100, name) is KernelChoice.GEMM_WS

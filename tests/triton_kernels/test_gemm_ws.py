@@ -13,7 +13,7 @@ from triton_kernels.testing import RTOL, random_awq_layer, relative_error
 gemm_ws = pytest.importorskip("triton_kernels.gemm_ws", reason="this Triton has no Gluon")
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] == 9
-SHARED_BYTES = 227 * 1024  # an H100 program's shared memory
+SHARED_BYTES = gemm_ws.MAX_SHARED_BYTES  # an H100 program's shared memory: 227 KB
 
 
 def _weight(k: int, n: int, group: int, dtype=torch.float16, device="cpu") -> PreparedWeight:
@@ -65,7 +65,42 @@ def test_default_config_fits_shared_memory(m):
     c = configs.default_gemm_ws(4096, 4096, m, 132)
     assert c.block_m == (256 if m >= configs.WIDE_WS_M else 128)
     assert gemm_ws.shared_bytes(c) <= SHARED_BYTES, f"{c} overflows shared memory"
-    assert c.mma_registers % 8 == 0 and 2 * c.mma_registers + 40 <= 3 * 168  # setmaxnreg: the kernel's budget
+    registers = c.mma_registers or gemm_ws.mma_register_budget(c.warpgroups)
+    assert registers % 8 == 0 and c.warpgroups * registers + 40 <= 512  # setmaxnreg: the register file's share
+
+
+def test_mma_register_budget_shares_the_register_file():
+    """64K registers over 128-thread warpgroups: 512 a thread summed over the MMA warpgroups and the load warp's 40,
+    in multiples of 8 (the budgets the kernel compiled without spills at, sm_90a)."""
+    assert [gemm_ws.mma_register_budget(w) for w in (2, 3, 4)] == [232, 152, 112]
+    for w in (2, 3, 4):
+        budget = gemm_ws.mma_register_budget(w)
+        assert w * budget + gemm_ws.LOAD_REGISTERS <= 512 < w * (budget + 8) + gemm_ws.LOAD_REGISTERS
+
+
+def test_deepest_ring_is_the_most_stages_that_fit():
+    for w, block_ms in ((2, (32, 64, 128, 256)), (3, (32, 64, 128)), (4, (32, 64))):
+        for block_m in block_ms:
+            for tma in (False, True):
+                stages = gemm_ws.deepest_ring(block_m, w, tma)
+                fitting = configs.WsConfig(block_m, stages, warpgroups=w, tma_store=tma)
+                assert stages >= 1 and gemm_ws.shared_bytes(fitting) <= SHARED_BYTES - 1024
+                deeper = configs.WsConfig(block_m, stages + 1, warpgroups=w, tma_store=tma)
+                assert gemm_ws.shared_bytes(deeper) > SHARED_BYTES - 1024
+                gemm_ws.check_config(fitting)
+                with pytest.raises(AssertionError, match="fewer stages"):
+                    gemm_ws.check_config(deeper)
+    assert gemm_ws.deepest_ring(128, 3, True) == 4  # 4 x 44 KB of ring beside three (128, 64) fp16 y tiles
+
+
+@pytest.mark.parametrize("config, message", [
+    (configs.WsConfig(256, 1, warpgroups=3), "tiles of up to 128 rows"),
+    (configs.WsConfig(128, 2, warpgroups=4), "tiles of up to 64 rows"),
+    (configs.WsConfig(64, 2, warpgroups=5), "warpgroups must be one of"),
+], ids=["3wg_256rows", "4wg_128rows", "5wg"])
+def test_check_config_names_what_to_change(config, message):
+    with pytest.raises(AssertionError, match=message):
+        gemm_ws.check_config(config)
 
 
 @pytest.mark.parametrize("n, k, m, split", [
@@ -133,6 +168,7 @@ def test_shipped_entries_are_configs():
     entries = {k: v for k, v in configs.load_table(name).items() if k.startswith("gemm_ws/")}
     for key, entry in entries.items():
         c = configs.WsConfig(**entry)
+        gemm_ws.check_config(c)
         assert gemm_ws.shared_bytes(c) <= SHARED_BYTES, key
 
 
@@ -146,12 +182,19 @@ CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), conf
            configs.WsConfig(32, 8, False, split_k=2, split_tail=True, paired_blocks=True),
            # y through shared memory and TMA (one ring stage fewer), with split tiles and paired blocks too
            configs.WsConfig(256, 2, False, tma_store=True), configs.WsConfig(128, 4, True, tma_store=True),
-           configs.WsConfig(64, 8, True, split_k=3, split_tail=True, paired_blocks=True, tma_store=True)]
+           configs.WsConfig(64, 8, True, split_k=3, split_tail=True, paired_blocks=True, tma_store=True),
+           # three and four MMA warpgroups (tiles 192 and 256 columns wide), whole and split, register and TMA stores
+           configs.WsConfig(128, 4, True, tma_store=True, warpgroups=3),
+           configs.WsConfig(128, 5, False, split_k=2, split_tail=True, warpgroups=3),
+           configs.WsConfig(64, 7, True, split_k=3, paired_blocks=True, tma_store=True, warpgroups=3),
+           configs.WsConfig(64, 6, True, split_k=2, tma_store=True, warpgroups=4),
+           configs.WsConfig(32, 9, False, split_k=3, split_tail=True, paired_blocks=True, warpgroups=4)]
 
 
 def _config_id(c: configs.WsConfig) -> str:
     return (f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}" + (f"s{c.split_k}" if c.split_k > 1 else "")
-            + ("t" if c.split_tail else "") + ("x2" if c.paired_blocks else "") + ("tma" if c.tma_store else ""))
+            + ("t" if c.split_tail else "") + ("x2" if c.paired_blocks else "") + ("tma" if c.tma_store else "")
+            + (f"w{c.warpgroups}" if c.warpgroups != 2 else ""))
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
@@ -181,6 +224,7 @@ def test_matches_float64_reference(config, n, k, m, group, bias):
 @pytest.mark.parametrize("config, n", [
     (configs.WsConfig(64, 6, True, split_k=4), 640),
     (configs.WsConfig(32, 8, True, split_k=4, split_tail=True), 6400),  # 150 tiles: 132 whole, 18 split
+    (configs.WsConfig(32, 8, True, split_k=3, split_tail=True, warpgroups=3), 9600),  # 150 tiles of 192 columns
 ])
 def test_split_k_gives_the_same_bits_every_run(config, n):
     """The splits' partials meet in a fixed order (`splitk.py`), whichever program finishes first."""
