@@ -243,10 +243,34 @@ WS_TAIL_MAX_FRACTION = 0.5
 WS_TAIL_MAX_SPLIT = 3
 
 
+# Three MMA warpgroups' tiles (`WsConfig.warpgroups`: 128 rows by 192 columns, 4 ring stages beside the y tiles)
+# where their waves of programs do at least WS_WIDE_MIN_FILL useful work (`wave_fill`) and at least as much as the
+# two-warpgroup tiles' waves; against 256-row tiles, which carry their dequantisation over twice the MMAs of a
+# 128-row one, WS_WIDE_MIN_GAIN more. On the H100 this picks the measured winner on the 19 of the 21 tuned (shape,
+# M) at M = 128, 256 and 1024 where the two differed by more than 1.5% (results/autotune_<gpu>_warpgroups.json):
+# three warpgroups on 22016x4096 at M=1024 (99% against 87%: 249.5 us against 262.0), M=256 (87% both: 72.3 against
+# 79.9) and M=128 (87% against 65%: 39.1 against 50.5) and on 12288x4096 at M=256 (97% against 73%: 38.2 against
+# 44.2); two where three lost by 2-39%, 12288x4096 at M=1024 among them (97% both, 256-row tiles: 136.6 against 142.2)
+WS_WIDE_MIN_FILL = 0.85
+WS_WIDE_MIN_GAIN = 0.1
+WS_WIDE_TILE = dict(block_m=128, stages=4, warpgroups=3)
+
+
+def wave_fill(m: int, n: int, block_m: int, block_n: int, sm_count: int) -> float:
+    """The useful part of the work of an (m, n) output in (block_m, block_n) tiles, one program a multiprocessor:
+    m n over whole waves of programs times a tile's outputs (partial tiles and the last wave's idle programs waste)."""
+    tiles = -(-m // block_m) * -(-n // block_n)
+    return m * n / (-(-tiles // sm_count) * sm_count * block_m * block_n)
+
+
 def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
     block_m = 256 if m >= WIDE_WS_M else 128
     base = dict(block_m=block_m, stages=WS_FALLBACK_STAGES[block_m], persistent=True, tma_store=True)
     tiles = -(-m // block_m) * -(-n // 128)
+    wide = wave_fill(m, n, WS_WIDE_TILE["block_m"], 64 * WS_WIDE_TILE["warpgroups"], sm_count)
+    gain = WS_WIDE_MIN_GAIN if block_m > WS_WIDE_TILE["block_m"] else 0.0
+    if wide >= WS_WIDE_MIN_FILL and wide >= wave_fill(m, n, block_m, 128, sm_count) + gain:
+        return WsConfig(**WS_WIDE_TILE, persistent=True, tma_store=True)
     most_splits = -(-k // 128) // WS_MIN_SPLIT_BLOCKS
     if tiles <= sm_count:  # under one wave: every tile split
         return WsConfig(**base, split_k=max(1, min(most_splits, sm_count // tiles)))

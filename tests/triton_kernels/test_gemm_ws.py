@@ -103,6 +103,35 @@ def test_check_config_names_what_to_change(config, message):
         gemm_ws.check_config(config)
 
 
+@pytest.mark.parametrize("n, k, m, three", [
+    (22016, 4096, 1024, True),  # 920 tiles of 192 columns: 99% of 7 waves, against 688 of 128 at 87% of 6
+    (22016, 4096, 256, True),  # 230 tiles, 87% of 2 waves, against 344 128-row tiles at 87% of 3
+    (22016, 4096, 128, True),  # 115 tiles: 87% of a wave, against 172 at 65% of 2
+    (12288, 4096, 256, True),  # 128 tiles, 97%, against 192 at 73%
+    (12288, 4096, 1024, False),  # 97% both, against 256-row tiles
+    *[(n, k, 1024, False) for n, k in ((4096, 4096), (4096, 11008), (8192, 8192), (28672, 8192), (8192, 28672))],
+    *[(n, k, 256, False) for n, k in ((4096, 4096), (4096, 11008), (8192, 8192), (28672, 8192), (8192, 28672))],
+    *[(n, k, 128, False) for n, k in ((12288, 4096), (4096, 4096), (4096, 11008), (8192, 8192))],
+])
+def test_default_config_takes_three_warpgroups_where_they_fill_the_waves(n, k, m, three):
+    """The fallback's choice against what the tuning measured fastest on the H100's 132 multiprocessors: the 19 of
+    the 21 (shape, M) at M = 128, 256, 1024 where two and three warpgroups differed by more than 1.5% (three won on
+    28672x8192 and 8192x28672 at M=128 by 1.5% and 1.3%)."""
+    c = configs.default_gemm_ws(n, k, m, 132)
+    assert (c.warpgroups == 3) is three, c
+    gemm_ws.check_config(c)
+    if three:
+        assert (c.block_m, c.split_k) == (128, 1)
+
+
+def test_wave_fill_counts_idle_programs_and_partial_tiles():
+    assert configs.wave_fill(1024, 128 * 132, 1024, 128, 132) == 1.0  # one whole wave
+    assert configs.wave_fill(1024, 128 * 66, 1024, 128, 132) == 0.5  # half the programs idle
+    assert configs.wave_fill(1024, 128 * 132, 1024, 256, 132) == 0.5  # 66 tiles, half of each past N
+    # 22016x4096 at M=1024: 920 tiles of 128 x 192 (the last column of tiles 2/3 used) in 7 waves
+    assert configs.wave_fill(1024, 22016, 128, 192, 132) == pytest.approx(1024 * 22016 / (7 * 132 * 128 * 192))
+
+
 @pytest.mark.parametrize("n, k, m, split", [
     (4096, 4096, 300, 1),  # 96 tiles of 128 rows: under one wave of 132 multiprocessors, but 2 would need 192
     (4096, 11008, 128, 4),  # 32 tiles
@@ -117,13 +146,13 @@ def test_default_config_splits_k_only_for_too_few_tiles(n, k, m, split):
 
 
 @pytest.mark.parametrize("n, k, m, split, split_tail", [
-    (22016, 4096, 128, 3, True),  # 172 tiles: 40 past the whole wave, 3 splits fit it (3 at most)
-    (22016, 4096, 1024, 3, True),  # 688 tiles of 256 rows: 28 past 5 waves
+    (20480, 4096, 128, 3, True),  # 160 tiles: 28 past the whole wave, 3 splits fit it (3 at most)
+    (13824, 5120, 1024, 3, True),  # 432 tiles of 256 rows: 36 past 3 waves
     (12288, 4096, 1024, 1, False),  # 384 tiles: 120 past 2 waves, more than half a wave
     (28672, 8192, 256, 2, True),  # 448 tiles: 52 past 3 waves, 2 splits fit one wave
-    (8192, 8192, 1056, 2, True),  # 5 x 64 = 320 tiles of 256 rows: 56 past 2 waves, 2 splits fit one wave
+    (8192, 8192, 1280, 2, True),  # 5 x 64 = 320 tiles of 256 rows: 56 past 2 waves, 2 splits fit one wave
     (16896, 4096, 128, 1, False),  # 132 tiles: whole waves only
-    (22016, 384, 128, 1, False),  # 3 blocks of K: too few to split
+    (20480, 384, 128, 1, False),  # 3 blocks of K: too few to split
 ])
 def test_default_config_splits_the_last_partial_wave(n, k, m, split, split_tail):
     c = configs.default_gemm_ws(n, k, m, 132)
