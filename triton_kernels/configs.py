@@ -264,13 +264,22 @@ def wave_fill(m: int, n: int, block_m: int, block_n: int, sm_count: int) -> floa
 
 
 def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
+    """The fallback warp-specialised config: three warpgroups' tiles where they fill the waves (above), else
+    `two_warpgroup_gemm_ws`."""
+    two = two_warpgroup_gemm_ws(n, k, m, sm_count)
+    wide = wave_fill(m, n, WS_WIDE_TILE["block_m"], 64 * WS_WIDE_TILE["warpgroups"], sm_count)
+    gain = WS_WIDE_MIN_GAIN if two.block_m > WS_WIDE_TILE["block_m"] else 0.0
+    if wide >= WS_WIDE_MIN_FILL and wide >= wave_fill(m, n, two.block_m, 128, sm_count) + gain:
+        return WsConfig(**WS_WIDE_TILE, persistent=True, tma_store=True)
+    return two
+
+
+def two_warpgroup_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
+    """Two warpgroups' 128-column tiles of 256 rows from WIDE_WS_M, else 128, K split where the tiles fill under a
+    wave or leave a short last one."""
     block_m = 256 if m >= WIDE_WS_M else 128
     base = dict(block_m=block_m, stages=WS_FALLBACK_STAGES[block_m], persistent=True, tma_store=True)
     tiles = -(-m // block_m) * -(-n // 128)
-    wide = wave_fill(m, n, WS_WIDE_TILE["block_m"], 64 * WS_WIDE_TILE["warpgroups"], sm_count)
-    gain = WS_WIDE_MIN_GAIN if block_m > WS_WIDE_TILE["block_m"] else 0.0
-    if wide >= WS_WIDE_MIN_FILL and wide >= wave_fill(m, n, block_m, 128, sm_count) + gain:
-        return WsConfig(**WS_WIDE_TILE, persistent=True, tma_store=True)
     most_splits = -(-k // 128) // WS_MIN_SPLIT_BLOCKS
     if tiles <= sm_count:  # under one wave: every tile split
         return WsConfig(**base, split_k=max(1, min(most_splits, sm_count // tiles)))
