@@ -197,7 +197,7 @@ def _store_y_tma(acc, y_desc, buf, bias_ptr, has_bias, N, off_m, col0):
 @gluon.jit
 def _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, WG: gl.constexpr,
                       TMA_STORE: gl.constexpr):
-    """A whole tile's warpgroup half to y: through shared memory and TMA (TMA_STORE), else from registers."""
+    """A whole tile's warpgroup part to y: through shared memory and TMA (TMA_STORE), else from registers."""
     if TMA_STORE:
         _store_y_tma(acc, y_desc, y_bufs.index(WG), bias_ptr, has_bias, N, off_m, col0)
     else:
@@ -207,8 +207,8 @@ def _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stri
 @gluon.jit
 def _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias, M, N,
                   stride_ym, off_m, col0, WG: gl.constexpr, WARPGROUPS: gl.constexpr):
-    """A split tile's warpgroup half meets its other splits as in `splitk.py`: publish this split's float32
-    partial, count in on the half's own counter behind the warpgroup's own barrier; the last to arrive sums the
+    """A split tile's warpgroup part meets its other splits as in `splitk.py`: publish this split's float32
+    partial, count in on the part's own counter behind the warpgroup's own barrier; the last to arrive sums the
     partials in split order, writes y and resets the counter. The partials are tile-local, in the accumulator's
     (column, row) order: split s of warpgroup WG of the i-th split tile at ((i split_k + s) WARPGROUPS + WG) 64
     BLOCK_M floats. So they need no mask, and the workspace holds the split tiles only."""
@@ -216,15 +216,15 @@ def _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pi
     BLOCK_M: gl.constexpr = acc.type.shape[1]
     local = (gl.expand_dims(gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1) * BLOCK_M
              + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0))  # (64, BLOCK_M)
-    half_floats: gl.constexpr = WG_COLUMNS * BLOCK_M
-    first = ws_ptr + (((tile - whole_tiles) * split_k * WARPGROUPS + WG).to(gl.int64) * half_floats)  # split 0
-    gl.store(first + pid_k * (WARPGROUPS * half_floats) + local, acc)
+    part_floats: gl.constexpr = WG_COLUMNS * BLOCK_M
+    first = ws_ptr + (((tile - whole_tiles) * split_k * WARPGROUPS + WG).to(gl.int64) * part_floats)  # split 0
+    gl.store(first + pid_k * (WARPGROUPS * part_floats) + local, acc)
     gl.thread_barrier()  # every thread's partial is written before the counter says so
     counter = count_ptr + WARPGROUPS * tile + WG
     if gl.atomic_add(counter, 1, sem="acq_rel") == split_k - 1:
         acc = gl.zeros_like(acc)
         for s in range(split_k):  # .cg: from L2, where the other programs' partials are
-            acc += gl.load(first + s * (WARPGROUPS * half_floats) + local, cache_modifier=".cg")
+            acc += gl.load(first + s * (WARPGROUPS * part_floats) + local, cache_modifier=".cg")
         gl.atomic_xchg(counter, 0)
         _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
 
