@@ -438,7 +438,7 @@ def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
     out = []
     for warpgroups in WS_WARPGROUPS:
         for block_m in sorted(b for b in block_ms if b <= gemm_ws.MAX_BLOCK_M[warpgroups]):
-            tiles = -(-m // block_m) * -(-n // (64 * warpgroups))
+            tiles = -(-m // block_m) * -(-n // (configs.COLUMNS_PER_WARPGROUP * warpgroups))
             tail_tiles = tiles % SMS if tiles > SMS else 0  # tiles past the last whole wave (`WsConfig.split_tail`)
             for split in WS_SPLITS:
                 for split_tail in (False, True) if split > 1 else (False,):

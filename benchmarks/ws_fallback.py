@@ -34,10 +34,6 @@ SHAPES = {  # name: (N, K)
 MS = (256, 512, 1024)
 
 
-def three_warpgroups() -> configs.WsConfig:
-    return configs.WsConfig(**configs.WS_WIDE_TILE, persistent=True, tma_store=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None)
@@ -54,7 +50,7 @@ def main() -> None:
         for m in MS:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
             chosen = configs.default_gemm_ws(n, k, m, sms)
-            two, three = configs.two_warpgroup_gemm_ws(n, k, m, sms), three_warpgroups()
+            two, three = configs.two_warpgroup_gemm_ws(n, k, m, sms), configs.WS_WIDE_CONFIG
             us = {cfg.warpgroups: kb.time_ring(lambda xx, ww, c=cfg: gemm_ws(xx, ww, None, c), ring, x)
                   for cfg in (two, three)}
             fp16 = kb.time_ring(lambda xx, ww: F.linear(xx, ww.t()), dense, x)

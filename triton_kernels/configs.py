@@ -70,9 +70,12 @@ class GemmConfig:
     split_dot: bool = False
 
 
+COLUMNS_PER_WARPGROUP = 64  # weight columns an MMA warpgroup of the warp-specialised GEMM owns: the wgmma's M
+
+
 @dataclass(frozen=True)
 class WsConfig:
-    """The warp-specialised Hopper GEMM (`gemm_ws.py`): tiles of block_m rows of x by 64 x warpgroups weight columns."""
+    """The warp-specialised Hopper GEMM (`gemm_ws.py`): tiles of block_m rows of x by `block_n` weight columns."""
 
     block_m: int = 256
     stages: int = 3  # shared buffers in the load warp's ring (a 256-row stage takes 72 KB: 3 fit)
@@ -102,6 +105,11 @@ class WsConfig:
     # warpgroups put more warps on each scheduler to hide the dequantisation's latency while the others' MMAs run, and
     # other tile widths fit other shapes into whole waves; their registers shrink (3: tiles of up to 128 rows, 4: 64)
     warpgroups: int = 2
+
+    @property
+    def block_n(self) -> int:
+        """Weight columns of a tile: 64 a warpgroup."""
+        return COLUMNS_PER_WARPGROUP * self.warpgroups
 
 
 def bucket_m(m: int) -> int:
@@ -253,7 +261,7 @@ WS_TAIL_MAX_SPLIT = 3
 # 44.2); two where three lost by 2-39%, 12288x4096 at M=1024 among them (97% both, 256-row tiles: 136.6 against 142.2)
 WS_WIDE_MIN_FILL = 0.85
 WS_WIDE_MIN_GAIN = 0.1
-WS_WIDE_TILE = dict(block_m=128, stages=4, warpgroups=3)
+WS_WIDE_CONFIG = WsConfig(block_m=128, stages=4, persistent=True, tma_store=True, warpgroups=3)
 
 
 def wave_fill(m: int, n: int, block_m: int, block_n: int, sm_count: int) -> float:
@@ -267,10 +275,11 @@ def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
     """The fallback warp-specialised config: three warpgroups' tiles where they fill the waves (above), else
     `two_warpgroup_gemm_ws`."""
     two = two_warpgroup_gemm_ws(n, k, m, sm_count)
-    wide = wave_fill(m, n, WS_WIDE_TILE["block_m"], 64 * WS_WIDE_TILE["warpgroups"], sm_count)
-    gain = WS_WIDE_MIN_GAIN if two.block_m > WS_WIDE_TILE["block_m"] else 0.0
-    if wide >= WS_WIDE_MIN_FILL and wide >= wave_fill(m, n, two.block_m, 128, sm_count) + gain:
-        return WsConfig(**WS_WIDE_TILE, persistent=True, tma_store=True)
+    wide = WS_WIDE_CONFIG
+    wide_fill = wave_fill(m, n, wide.block_m, wide.block_n, sm_count)
+    gain = WS_WIDE_MIN_GAIN if two.block_m > wide.block_m else 0.0
+    if wide_fill >= WS_WIDE_MIN_FILL and wide_fill >= wave_fill(m, n, two.block_m, two.block_n, sm_count) + gain:
+        return wide
     return two
 
 
@@ -279,7 +288,7 @@ def two_warpgroup_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
     wave or leave a short last one."""
     block_m = 256 if m >= WIDE_WS_M else 128
     base = dict(block_m=block_m, stages=WS_FALLBACK_STAGES[block_m], persistent=True, tma_store=True)
-    tiles = -(-m // block_m) * -(-n // 128)
+    tiles = -(-m // block_m) * -(-n // (2 * COLUMNS_PER_WARPGROUP))
     most_splits = -(-k // 128) // WS_MIN_SPLIT_BLOCKS
     if tiles <= sm_count:  # under one wave: every tile split
         return WsConfig(**base, split_k=max(1, min(most_splits, sm_count // tiles)))

@@ -46,7 +46,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .configs import WsConfig
+from .configs import COLUMNS_PER_WARPGROUP, WsConfig
 from .gemm import k_splits
 from .half2 import SCALED_HIGH_PAIRS_ASM, SCALED_LOW_PAIRS_ASM, WEIGHT_SCALE as _WEIGHT_SCALE, scale_pairs, zero_pairs
 from .prepare import PACK_K, PreparedWeight
@@ -54,13 +54,13 @@ from .splitk import MAX_TILES, arrival_counters
 from .zero_scale import split_zero_scale
 
 PAIR_SCALE = gl.constexpr(_WEIGHT_SCALE)  # `slab pairs` hold (q - z) / 16
-COLUMNS_PER_WARPGROUP = 64  # weight columns a warpgroup owns: the wgmma's M
 X_BOX = 64  # K columns of one x copy: 128 bytes of fp16, the widest swizzled TMA box
 LOAD_REGISTERS = 40  # registers a thread of the load warp keeps (setmaxnreg): it only issues copies
 # setmaxnreg shares one multiprocessor's 64K registers among the program's warpgroups of 128 threads: at most 512 a
 # thread summed over the MMA warpgroups and the load warp's
 REGISTER_FILE_PER_THREAD = 512
 MAX_SHARED_BYTES = 227 * 1024  # shared memory one program may have on sm_90
+BUFFER_BYTES = MAX_SHARED_BYTES - 1024  # what the ring and the y tiles may take: 1 KB left for the barriers
 # Tile rows each MMA warpgroup count compiles for without spilling in its register budget (ptxas -v, sm_90a, Triton
 # 3.6): the (64, block_m) float32 accumulator takes block_m / 2 registers a thread. 3 warpgroups at 256 rows fail
 # to assemble; 4 at 128 rows spill 232 bytes (and at 64 rows with paired blocks, 36)
@@ -376,9 +376,9 @@ def mma_register_budget(warpgroups: int) -> int:
 
 
 def deepest_ring(block_m: int, warpgroups: int, tma_store: bool) -> int:
-    """The most ring stages that fit MAX_SHARED_BYTES beside the y tiles (1 KB left for the barriers)."""
+    """The most ring stages that fit BUFFER_BYTES beside the y tiles."""
     y_tiles = shared_bytes(WsConfig(block_m=block_m, stages=0, warpgroups=warpgroups, tma_store=tma_store))
-    return (MAX_SHARED_BYTES - 1024 - y_tiles) // stage_bytes(block_m, warpgroups)
+    return (BUFFER_BYTES - y_tiles) // stage_bytes(block_m, warpgroups)
 
 
 def check_config(config: WsConfig) -> None:
@@ -387,8 +387,8 @@ def check_config(config: WsConfig) -> None:
     assert config.block_m <= MAX_BLOCK_M[config.warpgroups], (
         f"{config.warpgroups} MMA warpgroups take tiles of up to {MAX_BLOCK_M[config.warpgroups]} rows, got "
         f"block_m={config.block_m}: use fewer warpgroups or smaller tiles")
-    assert shared_bytes(config) <= MAX_SHARED_BYTES - 1024, (
-        f"{config} needs {shared_bytes(config)} bytes of shared memory, over {MAX_SHARED_BYTES - 1024}: use fewer "
+    assert shared_bytes(config) <= BUFFER_BYTES, (
+        f"{config} needs {shared_bytes(config)} bytes of shared memory, over {BUFFER_BYTES}: use fewer "
         f"stages (at most {deepest_ring(config.block_m, config.warpgroups, config.tma_store)})")
 
 
@@ -414,7 +414,6 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     check_config(config)
     m, k = x.shape
     n = weight.out_features
-    block_n = config.warpgroups * COLUMNS_PER_WARPGROUP
     x_layout = gl.NVMMASharedLayout.get_default_for([config.block_m, X_BOX], gl.float16)
     x_desc = TensorDescriptor(x, [m, k], [x.stride(0), 1], [config.block_m, X_BOX], x_layout)
     words = weight.qweight.view(-1, 16)  # (blocks * N, 16): block b's words of column n in row b N + n
@@ -422,7 +421,7 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     w_desc = TensorDescriptor(words, list(words.shape), [16, 1], [COLUMNS_PER_WARPGROUP, 16], w_layout)
     n_blocks = weight.qweight.shape[0]
     blocks_per_split, split_k = k_splits(n_blocks, config.split_k)
-    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, block_n)
+    tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     whole_tiles, units = split_layout(tiles, split_k, config.split_tail, sms)
     split = units > tiles
@@ -433,7 +432,7 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     y_desc = (TensorDescriptor(y, [m, n], [n, 1], [config.block_m, COLUMNS_PER_WARPGROUP], x_layout) if tma_store
               else x_desc)  # x's layout: (block_m, 64) fp16 both
     # each split tile's (split_k, block_n, block_m) float32 partials; each warpgroup's part counts on its own counter
-    workspace = (torch.empty((tiles - whole_tiles) * split_k * block_n * config.block_m, device=x.device,
+    workspace = (torch.empty((tiles - whole_tiles) * split_k * config.block_n * config.block_m, device=x.device,
                              dtype=torch.float32) if split else y)
     counters = arrival_counters(x.device) if split else y
     grid = (min(units, sms) if config.persistent else units,)
