@@ -371,6 +371,10 @@ WS_PAIRED_MAX_BLOCK_M = 64
 # MMA warpgroups tried (`WsConfig.warpgroups`), each on tiles of up to `gemm_ws.MAX_BLOCK_M` rows
 WARPGROUP_CHOICES = (2, 3, 4)
 WS_WARPGROUPS = WARPGROUP_CHOICES
+# Warpgroups on a 64-column part each, and on K slices of one 64-column tile (`WsConfig.slice_k`, tiles of up to
+# `gemm_ws.SLICED_MAX_BLOCK_M` rows)
+SLICE_K_CHOICES = (False, True)
+WS_SLICE_K = SLICE_K_CHOICES
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
 SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -436,9 +440,10 @@ def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
     block_ms = {min(max(32, bucket), 256)} | ({128} if bucket >= 256 else set())
     blocks = -(-k // 128)
     out = []
-    for warpgroups in WS_WARPGROUPS:
-        for block_m in sorted(b for b in block_ms if b <= gemm_ws.MAX_BLOCK_M[warpgroups]):
-            tiles = -(-m // block_m) * -(-n // (configs.COLUMNS_PER_WARPGROUP * warpgroups))
+    for warpgroups, slice_k in ((w, s) for w in WS_WARPGROUPS for s in WS_SLICE_K):
+        most_rows = min(gemm_ws.MAX_BLOCK_M[warpgroups], gemm_ws.SLICED_MAX_BLOCK_M if slice_k else 256)
+        for block_m in sorted(b for b in block_ms if b <= most_rows):
+            tiles = -(-m // block_m) * -(-n // WsConfig(block_m, warpgroups=warpgroups, slice_k=slice_k).block_n)
             tail_tiles = tiles % SMS if tiles > SMS else 0  # tiles past the last whole wave (`WsConfig.split_tail`)
             for split in WS_SPLITS:
                 for split_tail in (False, True) if split > 1 else (False,):
@@ -448,18 +453,23 @@ def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
                     pairings = (False, True) if block_m <= WS_PAIRED_MAX_BLOCK_M else (False,)
                     out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split,
                                      split_tail=split_tail, paired_blocks=paired, tma_store=tma_store,
-                                     warpgroups=warpgroups)
+                                     warpgroups=warpgroups, slice_k=slice_k)
                             for tma_store in (False, True)
-                            for stages in ws_stages(block_m, warpgroups, tma_store)
+                            for stages in ws_stages(block_m, warpgroups, tma_store, slice_k)
                             for persistent in (False, True) for paired in pairings]
     return out
 
 
-def ws_stages(block_m: int, warpgroups: int, tma_store: bool) -> tuple[int, ...]:
-    """Ring depths tried: the tables above for 2 warpgroups, else the deepest ring that fits."""
+def ws_stages(block_m: int, warpgroups: int, tma_store: bool, slice_k: bool = False) -> tuple[int, ...]:
+    """Ring depths tried: the tables above for 2 warpgroups, else the deepest ring that fits; on K slices (each
+    warpgroup reads its own buffers) also the deepest."""
+    deepest = gemm_ws.deepest_ring(block_m, warpgroups, tma_store, slice_k)
     if warpgroups == 2:
-        return (WS_TMA_STAGES if tma_store else WS_STAGES)[block_m]
-    return (gemm_ws.deepest_ring(block_m, warpgroups, tma_store),)
+        table = (WS_TMA_STAGES if tma_store else WS_STAGES)[block_m]
+        if slice_k:  # a multiple of the warpgroups (`gemm_ws.check_config`)
+            return tuple(sorted({s // 2 * 2 for s in table if s <= deepest} | {deepest}))
+        return table
+    return (deepest,)
 
 
 def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tuple, part=(0, 1)) -> None:
@@ -498,7 +508,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                         fastest[kind] = time_ring(lambda xx, ww, c=type(cands[0])(**entry), f=fn: f(xx, ww, None, c),
                                                   ring, x, replays=5)
                     continue
-                if kind == "gemm_ws" and entry and WS_WARPGROUPS != WARPGROUP_CHOICES:
+                if kind == "gemm_ws" and entry and (WS_WARPGROUPS, WS_SLICE_K) != (WARPGROUP_CHOICES, SLICE_K_CHOICES):
                     cands = [WsConfig(**entry), *cands]  # a subset of the candidates: the entry still competes
                 best, tried = None, []
                 for cfg in cands:
@@ -611,7 +621,7 @@ def format_row(r: dict) -> str:
 
 
 def main() -> None:
-    global WARM_ONLY, GEMM_STAGES, WS_WARPGROUPS
+    global WARM_ONLY, GEMM_STAGES, WS_WARPGROUPS, WS_SLICE_K
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autotune", action="store_true", help="tune configs and write triton_kernels/configs/<gpu>.json")
     parser.add_argument("--check-only", action="store_true")
@@ -634,11 +644,15 @@ def main() -> None:
     parser.add_argument("--ws-warpgroups", default=",".join(map(str, WS_WARPGROUPS)),
                         help="MMA warpgroup counts --autotune tries for the warp-specialised GEMM (a subset keeps the "
                              "current entry among the candidates)")
+    parser.add_argument("--ws-slice-k", default=",".join(str(int(v)) for v in WS_SLICE_K),
+                        help="1: warpgroups on K slices of a tile (WsConfig.slice_k), 0: on columns; --autotune tries "
+                             "these (a subset keeps the current entry among the candidates)")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     WARM_ONLY = args.warm_only
     GEMM_STAGES = tuple(int(v) for v in args.gemm_stages.split(","))
     WS_WARPGROUPS = tuple(int(v) for v in args.ws_warpgroups.split(","))
+    WS_SLICE_K = tuple(bool(int(v)) for v in args.ws_slice_k.split(","))
     part = tuple(int(v) for v in args.part.split("/"))
     assert len(part) == 2 and 0 <= part[0] < part[1], f"--part must be i/n with 0 <= i < n, got {args.part}"
     t0 = time.time()

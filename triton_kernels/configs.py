@@ -105,11 +105,17 @@ class WsConfig:
     # warpgroups put more warps on each scheduler to hide the dequantisation's latency while the others' MMAs run, and
     # other tile widths fit other shapes into whole waves; their registers shrink (3: tiles of up to 128 rows, 4: 64)
     warpgroups: int = 2
+    # The MMA warpgroups share one tile of 64 weight columns and take turns over its K blocks (the slices summed in
+    # shared memory at the end of each work unit), instead of 64 columns each. Twice (with 2 warpgroups) the tiles of a
+    # shape, so those that needed a K split across programs to fill the multiprocessors (N = 8192 at M <= 128, N = 4096
+    # at M = 256) fill them whole: a split's partials through L2 took 3.2-6.2 us of a 22-36 us layer on the H100
+    # (benchmarks/README.md)
+    slice_k: bool = False
 
     @property
     def block_n(self) -> int:
-        """Weight columns of a tile: 64 a warpgroup."""
-        return COLUMNS_PER_WARPGROUP * self.warpgroups
+        """Weight columns of a tile: 64 a warpgroup, or 64 shared by all of them (`slice_k`)."""
+        return COLUMNS_PER_WARPGROUP * (1 if self.slice_k else self.warpgroups)
 
 
 def bucket_m(m: int) -> int:
@@ -251,6 +257,15 @@ WS_TAIL_MAX_FRACTION = 0.5
 WS_TAIL_MAX_SPLIT = 3
 
 
+# Where the two-warpgroup 128 x 128 tiles fill at most 1 / WS_SLICE_K_FILL of a wave, the fallback puts both warpgroups
+# on K slices of 128 x 64 tiles (`WsConfig.slice_k`): twice the tiles, so the K splits across programs (partial sums
+# through L2: 3.2-6.2 us of a 22-36 us layer on the H100) halve or go. The tuning chose that on the H100 for every such
+# (shape, M) of the benchmark at M = 128 and 256 (results/autotune_<gpu>_slice_k.json): 4096x11008 M=256 44.9 ->
+# 38.8 us (no split instead of 2), 4096x4096 M=256 24.0 -> 16.8, 8192x8192 M=128 37.0 -> 31.2, 8192x28672 M=128
+# 99.8 -> 96.7 (no split instead of 3 on 192-column tiles)
+WS_SLICE_K_FILL = 2
+
+
 # Three MMA warpgroups' tiles (`WsConfig.warpgroups`: 128 rows by 192 columns, 4 ring stages beside the y tiles)
 # where their waves of programs do at least WS_WIDE_MIN_FILL useful work (`wave_fill`) and at least as much as the
 # two-warpgroup tiles' waves; against 256-row tiles, which carry their dequantisation over twice the MMAs of a
@@ -285,11 +300,14 @@ def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
 
 def two_warpgroup_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
     """Two warpgroups' 128-column tiles of 256 rows from WIDE_WS_M, else 128, K split where the tiles fill under a
-    wave or leave a short last one."""
+    wave or leave a short last one; under half a wave of 128-row tiles, the two warpgroups on K slices of 64-column
+    tiles (WS_SLICE_K_FILL)."""
     block_m = 256 if m >= WIDE_WS_M else 128
     base = dict(block_m=block_m, stages=WS_FALLBACK_STAGES[block_m], persistent=True, tma_store=True)
     tiles = -(-m // block_m) * -(-n // (2 * COLUMNS_PER_WARPGROUP))
     most_splits = -(-k // 128) // WS_MIN_SPLIT_BLOCKS
+    if block_m == 128 and tiles * WS_SLICE_K_FILL <= sm_count:  # twice the tiles, each over all of K or fewer splits
+        return WsConfig(**base, slice_k=True, split_k=max(1, min(most_splits, sm_count // (2 * tiles))))
     if tiles <= sm_count:  # under one wave: every tile split
         return WsConfig(**base, split_k=max(1, min(most_splits, sm_count // tiles)))
     tail = tiles % sm_count

@@ -5,7 +5,7 @@ Triton its two warpgroups share one software pipeline: both wait at the CTA barr
 buffer's reuse, so both dequantise at the same time and the tensor cores idle meanwhile (Nsight Compute,
 28672x8192 M=1024: tensor pipe busy 67% of cycles against cuBLAS's 98%). Here each role has its own warps:
 
-- a load warp copies, per 128-row block of K, the x tile (BLOCK_M, 128) and each MMA warpgroup's (64, 16) words
+- a load warp copies, per 128-row block of K, the x tile (BLOCK_M, 128) and each 64-column part's (64, 16) words
   with TMA into a ring of `STAGES` shared buffers, and signals `ready[s]`;
 - `WsConfig.warpgroups` (2 to 4) MMA warpgroups each own 64 of the BLOCK_N weight columns. Each waits for
   `ready[s]`, reads its words from shared memory straight into the wgmma register-operand layout, dequantises
@@ -22,7 +22,17 @@ With `WsConfig.split_tail` only the tiles past the last whole wave of programs a
 of tiles (22016x4096 at M=1024) only the last 28 tiles write partials, and their pieces spread over all programs
 (5.25 tile times instead of 6 with 4 splits; 5% less time on the H100, as each split tile's partials cost more than
 its share). The splits meet as in `splitk.py`, in a fixed order by the last to finish, through tile-local partials;
-each warpgroup's 64 columns count their splits on their own counter, so the warpgroups never wait for each other.
+each 64-column part of a tile counts its splits on its own counter, so the warpgroups never wait for each other. The
+sum leaves as a whole tile's y does (through TMA with `tma_store`).
+
+With `WsConfig.slice_k` the MMA warpgroups share one tile of 64 weight columns and take turns over its K blocks:
+warpgroup g reads the ring positions p with p % warpgroups == g, so each reads buffers of the ring of its own (the
+ring's depth is then a multiple of the warpgroups: an mbarrier's phase parity only says whether the next phase is
+done, so a warpgroup may not skip a fill of a buffer it waits on). At the end of a work unit the others hand their
+float32 sums to warpgroup 0 through shared memory, which adds them in warpgroup order and stores the tile. The tiles
+are 1 / warpgroups as wide, so a shape has that many times more of them: those that split K across programs to fill
+the multiprocessors (N = 8192 at M <= 128, N = 4096 at M = 256) fill them with whole tiles, or fewer splits, and skip
+the partials' round trip through L2 (3.2-6.2 us of a 22-36 us layer on the H100).
 
 With `WsConfig.tma_store` a whole tile's y leaves through a (BLOCK_M, 64) shared buffer a warpgroup, written with
 stmatrix, and a TMA store left in flight into the next tile; from registers, y took 2-byte stores (adjacent
@@ -65,6 +75,9 @@ BUFFER_BYTES = MAX_SHARED_BYTES - 1024  # what the ring and the y tiles may take
 # 3.6): the (64, block_m) float32 accumulator takes block_m / 2 registers a thread. 3 warpgroups at 256 rows fail
 # to assemble; 4 at 128 rows spill 232 bytes (and at 64 rows with paired blocks, 36)
 MAX_BLOCK_M = {2: 256, 3: 128, 4: 64}
+# With `WsConfig.slice_k`, warpgroup 0 adds the others' slice sums to its accumulator: tiles of up to 128 rows (a
+# 256-row slice sum would also take 64 KB of shared memory, a ring stage)
+SLICED_MAX_BLOCK_M = 128
 WG_COLUMNS = gl.constexpr(COLUMNS_PER_WARPGROUP)
 X_BOX_K = gl.constexpr(X_BOX)
 LOAD_REGS = gl.constexpr(LOAD_REGISTERS)
@@ -88,13 +101,13 @@ def _work_unit(unit, whole_tiles, tiles_m, split_k, blocks_per_split, n_blocks, 
 @gluon.jit
 def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k,
                     whole_tiles, units, first_unit, unit_step):
-    """The load warp: block b of each of the program's work units, its x tile (two 64-column boxes) and words,
-    into the next buffer of the ring."""
+    """The load warp: block b of each of the program's work units, its x tile (two 64-column boxes) and the words
+    of each 64-column part of the tile, into the next buffer of the ring."""
     STAGES: gl.constexpr = ready.type.shape[0]
-    WARPGROUPS: gl.constexpr = w_bufs.type.shape[0] // STAGES
+    PARTS: gl.constexpr = w_bufs.type.shape[0] // STAGES  # the tile's 64-column parts
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
-    BLOCK_N: gl.constexpr = WARPGROUPS * WG_COLUMNS
-    nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + WARPGROUPS * w_desc.block_type.nbytes
+    BLOCK_N: gl.constexpr = PARTS * WG_COLUMNS
+    nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + PARTS * w_desc.block_type.nbytes
     tiles_m = gl.cdiv(M, BLOCK_M)
     it = 0  # blocks loaded so far: the ring position
     for unit in range(first_unit, units, unit_step):
@@ -107,9 +120,9 @@ def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks
             mbarrier.expect(bar, nbytes)
             tma.async_copy_global_to_shared(x_desc, [off_m, b * 128], bar, x_bufs.index(2 * s))
             tma.async_copy_global_to_shared(x_desc, [off_m, b * 128 + X_BOX_K], bar, x_bufs.index(2 * s + 1))
-            for g in gl.static_range(WARPGROUPS):  # each warpgroup's (64, 16) words in a buffer of their own
+            for g in gl.static_range(PARTS):  # each part's (64, 16) words in a buffer of their own
                 tma.async_copy_global_to_shared(w_desc, [b * N + off_n + g * WG_COLUMNS, 0], bar,
-                                                w_bufs.index(s * WARPGROUPS + g))
+                                                w_bufs.index(s * PARTS + g))
             it += 1
 
 
@@ -137,12 +150,12 @@ def _zero_scale_pairs(word, zeros):
 
 
 @gluon.jit
-def _block_product(acc, x_bufs, w_bufs, ready, s, phase, zs_word, a_layout: gl.constexpr, WG: gl.constexpr):
-    """acc + this warpgroup's 64 columns of the block in buffer s (once it has arrived) times its x tile: eight
+def _block_product(acc, x_bufs, w_bufs, ready, s, phase, zs_word, a_layout: gl.constexpr, PART: gl.constexpr):
+    """acc + the tile's 64 columns `PART` of the block in buffer s (once it has arrived) times its x tile: eight
     depth-16 wgmma issued, not waited for."""
     mbarrier.wait(ready.index(s), phase)
-    WARPGROUPS: gl.constexpr = w_bufs.type.shape[0] // ready.type.shape[0]
-    words = w_bufs.index(s * WARPGROUPS + WG).load(a_layout)  # (64, 16) int32
+    PARTS: gl.constexpr = w_bufs.type.shape[0] // ready.type.shape[0]
+    words = w_bufs.index(s * PARTS + PART).load(a_layout)  # (64, 16) int32
     zeros = gl.zeros_like(words)
     z64, z4, scale16 = _zero_scale_pairs(zs_word, zeros)
     for h in gl.static_range(2):  # half h: slabs 4 h .. 4 h + 3, x columns 64 h .. 64 h + 63
@@ -195,111 +208,159 @@ def _store_y_tma(acc, y_desc, buf, bias_ptr, has_bias, N, off_m, col0):
 
 
 @gluon.jit
-def _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, WG: gl.constexpr,
-                      TMA_STORE: gl.constexpr):
-    """A whole tile's warpgroup part to y: through shared memory and TMA (TMA_STORE), else from registers."""
+def _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, PART: gl.constexpr,
+                TMA_STORE: gl.constexpr):
+    """A tile's 64-column part `PART` (a whole tile's, or a split one's sum) to y: through shared memory and TMA
+    (TMA_STORE), else from registers."""
     if TMA_STORE:
-        _store_y_tma(acc, y_desc, y_bufs.index(WG), bias_ptr, has_bias, N, off_m, col0)
+        _store_y_tma(acc, y_desc, y_bufs.index(PART), bias_ptr, has_bias, N, off_m, col0)
     else:
         _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
 
 
 @gluon.jit
-def _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias, M, N,
-                  stride_ym, off_m, col0, WG: gl.constexpr, WARPGROUPS: gl.constexpr):
-    """A split tile's warpgroup part meets its other splits as in `splitk.py`: publish this split's float32
+def _merge_splits(acc, y_ptr, y_desc, y_bufs, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias,
+                  M, N, stride_ym, off_m, col0, PART: gl.constexpr, PARTS: gl.constexpr, TMA_STORE: gl.constexpr):
+    """A split tile's 64-column part meets its other splits as in `splitk.py`: publish this split's float32
     partial, count in on the part's own counter behind the warpgroup's own barrier; the last to arrive sums the
-    partials in split order, writes y and resets the counter. The partials are tile-local, in the accumulator's
-    (column, row) order: split s of warpgroup WG of the i-th split tile at ((i split_k + s) WARPGROUPS + WG) 64
-    BLOCK_M floats. So they need no mask, and the workspace holds the split tiles only."""
+    partials in split order (its own from its registers where that keeps the order), writes y as a whole tile does
+    (through shared memory and TMA with TMA_STORE) and resets the counter. The partials are tile-local, in the
+    accumulator's (column, row) order: split s of part PART of the i-th split tile at ((i split_k + s) PARTS + PART)
+    64 BLOCK_M floats. So they need no mask, and the workspace holds the split tiles only."""
     layout: gl.constexpr = acc.type.layout
     BLOCK_M: gl.constexpr = acc.type.shape[1]
     local = (gl.expand_dims(gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1) * BLOCK_M
              + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0))  # (64, BLOCK_M)
     part_floats: gl.constexpr = WG_COLUMNS * BLOCK_M
-    first = ws_ptr + (((tile - whole_tiles) * split_k * WARPGROUPS + WG).to(gl.int64) * part_floats)  # split 0
-    gl.store(first + pid_k * (WARPGROUPS * part_floats) + local, acc)
+    first = ws_ptr + (((tile - whole_tiles) * split_k * PARTS + PART).to(gl.int64) * part_floats)  # split 0
+    gl.store(first + pid_k * (PARTS * part_floats) + local, acc)
     gl.thread_barrier()  # every thread's partial is written before the counter says so
-    counter = count_ptr + WARPGROUPS * tile + WG
+    counter = count_ptr + PARTS * tile + PART
     if gl.atomic_add(counter, 1, sem="acq_rel") == split_k - 1:
-        acc = gl.zeros_like(acc)
-        for s in range(split_k):  # .cg: from L2, where the other programs' partials are
-            acc += gl.load(first + s * (WARPGROUPS * part_floats) + local, cache_modifier=".cg")
+        # The sum in split order, ((p0 + p1) + p2) + ..., whoever is last: split 0 or 1 adds the other of the two to
+        # its own partial in its registers (p0 + p1 and p1 + p0 are the same bits), a later split starts from p0
+        # (.cg: from L2, where the other programs' partials are)
+        split_stride = PARTS * part_floats
+        if pid_k < 2:
+            acc += gl.load(first + (1 - pid_k) * split_stride + local, cache_modifier=".cg")
+        else:
+            acc = gl.load(first + local, cache_modifier=".cg")
+            acc += gl.load(first + split_stride + local, cache_modifier=".cg")
+        for s in range(2, split_k):
+            acc += gl.load(first + s * split_stride + local, cache_modifier=".cg")
         gl.atomic_xchg(counter, 0)
-        _store_y(acc, y_ptr, bias_ptr, has_bias, M, N, stride_ym, off_m, col0)
+        _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, PART, TMA_STORE)
 
 
 @gluon.jit
-def _mma_partition(args, WG: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.constexpr, TMA_STORE: gl.constexpr):
+def _sum_slices(acc, red_bufs, red_ready, red_free, phase, WG: gl.constexpr, WARPGROUPS: gl.constexpr):
+    """With `slice_k`: warpgroup 0 gets the tile's sum over the warpgroups' K slices, in warpgroup order; the others
+    hand theirs over through a (64, BLOCK_M) float32 shared buffer each, once warpgroup 0 has read the previous
+    unit's (`red_free`), and go on to their next unit."""
+    if WG == 0:
+        mbarrier.wait(red_ready.index(0), phase)
+        for g in gl.static_range(1, WARPGROUPS):
+            acc += red_bufs.index(g - 1).load(acc.type.layout)
+        gl.thread_barrier()  # every thread has read before the buffers are given back
+        mbarrier.arrive(red_free.index(0), count=1)
+    else:
+        mbarrier.wait(red_free.index(0), phase ^ 1)  # free from the start: phase 1 passes
+        red_bufs.index(WG - 1).store(acc)
+        gl.thread_barrier()  # every thread has written before warpgroup 0 is told
+        mbarrier.arrive(red_ready.index(0), count=1)
+    return acc
+
+
+@gluon.jit
+def _mma_partition(args, WG: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl.constexpr, SPLIT: gl.constexpr,
+                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr):
     """One MMA warpgroup: of each of the program's work units, weight columns 64 WG .. 64 WG + 63 against the
-    tile's BLOCK_M rows of x over the unit's blocks. `args` are the kernel's values every warpgroup shares. (Sizes
-    come from the buffers' shapes: a constexpr passed through `warp_specialize` in a variable arrives as a value.)"""
-    (x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym,
-     n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, first_unit, unit_step) = args
+    tile's BLOCK_M rows of x over the unit's blocks; with SLICE_K, the tile's only 64 columns over every
+    WARPGROUPS-th of the unit's blocks (those in its buffers of the ring), the slices then summed (`_sum_slices`) and
+    stored by warpgroup 0. `args` are the kernel's values every warpgroup shares. (Sizes come from the buffers'
+    shapes: a constexpr passed through `warp_specialize` in a variable arrives as a value.)"""
+    (x_bufs, w_bufs, y_bufs, red_bufs, ready, empty, red_ready, red_free, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr,
+     bias_ptr, M, N, stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
+     first_unit, unit_step) = args
     STAGES: gl.constexpr = ready.type.shape[0]
-    WARPGROUPS: gl.constexpr = w_bufs.type.shape[0] // STAGES
+    PARTS: gl.constexpr = w_bufs.type.shape[0] // STAGES  # the tile's 64-column parts: 1 with SLICE_K
+    PART: gl.constexpr = WG % PARTS  # this warpgroup's part
+    # 1, or WARPGROUPS with SLICE_K: this warpgroup reads the ring positions p with p % KSTEP == WG // PARTS, so (with
+    # STAGES a multiple of KSTEP) always the same buffers, each one's fills in order: an mbarrier's phase parity tells
+    # only whether the next phase is done, so a warpgroup may not skip a fill of a buffer it waits on
+    KSTEP: gl.constexpr = WARPGROUPS // PARTS
+    KFIRST: gl.constexpr = WG // PARTS
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
-    BLOCK_N: gl.constexpr = WARPGROUPS * WG_COLUMNS
+    BLOCK_N: gl.constexpr = PARTS * WG_COLUMNS
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=2)
     tiles_m = gl.cdiv(M, BLOCK_M)
-    it = 0  # blocks consumed so far: the ring position
+    it = 0  # the ring position of the unit's first block
+    done = 0  # units finished
     for unit in range(first_unit, units, unit_step):
         tile, off_m, off_n, pid_k, b_start, b_end, split = _work_unit(unit, whole_tiles, tiles_m, split_k,
                                                                        blocks_per_split, n_blocks, BLOCK_M, BLOCK_N)
-        col0 = off_n + WG * WG_COLUMNS
+        col0 = off_n + PART * WG_COLUMNS
         zs_cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, a_layout)), 1)  # (64, 1)
         acc = gl.zeros((WG_COLUMNS, BLOCK_M), gl.float32, layout=mma_layout)  # y^T tile
-        # The zero point and scale words two blocks ahead: at M <= 128 a block's MMAs take less than a load from
-        # memory (H100, 8192x8192 M=128: 43.1 us one block ahead, 38.7 two, 39.0 three, 36.4 never reloaded)
-        zs_this = _zero_scale_words(zs_ptr, b_start, blocks_per_group, N, zs_cols)
-        zs_next = _zero_scale_words(zs_ptr, gl.minimum(b_start + 1, b_end - 1), blocks_per_group, N, zs_cols)
-        b = b_start
+        first = b_start + (KFIRST + KSTEP - it % KSTEP) % KSTEP  # this warpgroup's first block (KSTEP apart)
+        last = b_end - 1  # past it, the zero point and scale loads take the unit's last block again
+        # The zero point and scale words two of the warpgroup's blocks ahead: at M <= 128 a block's MMAs take less
+        # than a load from memory (H100, 8192x8192 M=128: 43.1 us one block ahead, 38.7 two, 39.0 three, 36.4 never
+        # reloaded)
+        zs_this = _zero_scale_words(zs_ptr, gl.minimum(first, last), blocks_per_group, N, zs_cols)
+        zs_next = _zero_scale_words(zs_ptr, gl.minimum(first + KSTEP, last), blocks_per_group, N, zs_cols)
+        b = first
         if PAIRED:
             # Two blocks an iteration into two accumulators: the second block is dequantised while the first
             # one's MMAs run, and one wait covers both (the wait must still come before the loop's back-edge)
             acc2 = gl.zeros_like(acc)
-            for b0 in range(b_start, b_end - 1, 2):
+            for b0 in range(first, b_end - KSTEP, 2 * KSTEP):
                 zs_first = zs_this
                 zs_second = zs_next
-                zs_this = _zero_scale_words(zs_ptr, gl.minimum(b0 + 2, b_end - 1), blocks_per_group, N, zs_cols)
-                zs_next = _zero_scale_words(zs_ptr, gl.minimum(b0 + 3, b_end - 1), blocks_per_group, N, zs_cols)
-                s0 = it % STAGES
-                s1 = (it + 1) % STAGES
-                acc = _block_product(acc, x_bufs, w_bufs, ready, s0, (it // STAGES) & 1, zs_first, a_layout, WG)
-                acc2 = _block_product(acc2, x_bufs, w_bufs, ready, s1, ((it + 1) // STAGES) & 1, zs_second, a_layout,
-                                      WG)
+                zs_this = _zero_scale_words(zs_ptr, gl.minimum(b0 + 2 * KSTEP, last), blocks_per_group, N, zs_cols)
+                zs_next = _zero_scale_words(zs_ptr, gl.minimum(b0 + 3 * KSTEP, last), blocks_per_group, N, zs_cols)
+                p0 = it + b0 - b_start  # ring positions
+                p1 = p0 + KSTEP
+                s0 = p0 % STAGES
+                s1 = p1 % STAGES
+                acc = _block_product(acc, x_bufs, w_bufs, ready, s0, (p0 // STAGES) & 1, zs_first, a_layout, PART)
+                acc2 = _block_product(acc2, x_bufs, w_bufs, ready, s1, (p1 // STAGES) & 1, zs_second, a_layout, PART)
                 acc, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, acc2))
                 fence_async_shared()  # our shared reads come before the load warp's next copies into the buffers
                 mbarrier.arrive(empty.index(s0), count=1)
                 mbarrier.arrive(empty.index(s1), count=1)
-                it += 2
-            b = b_end - (b_end - b_start) % 2  # an odd unit's last block, one at a time below
+            # an odd count's last block, one at a time below
+            b = first + gl.maximum(gl.cdiv(b_end - first, KSTEP), 0) // 2 * (2 * KSTEP)
             acc += acc2
-        for b in range(b, b_end):
-            s = it % STAGES
+        for b in range(b, b_end, KSTEP):
+            p = it + b - b_start
+            s = p % STAGES
             zs_word = zs_this
             zs_this = zs_next
-            # past the unit's last block: its own again
-            zs_next = _zero_scale_words(zs_ptr, gl.minimum(b + 2, b_end - 1), blocks_per_group, N, zs_cols)
-            acc = _block_product(acc, x_bufs, w_bufs, ready, s, (it // STAGES) & 1, zs_word, a_layout, WG)
+            zs_next = _zero_scale_words(zs_ptr, gl.minimum(b + 2 * KSTEP, last), blocks_per_group, N, zs_cols)
+            acc = _block_product(acc, x_bufs, w_bufs, ready, s, (p // STAGES) & 1, zs_word, a_layout, PART)
             # all of the block's MMAs done before the next block (MMAs left in flight across the loop's back-edge
             # make ptxas serialise every one of them, C7515, as in `gemm_swapped.py`)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             fence_async_shared()  # our shared reads come before the load warp's next copy into the buffer
             mbarrier.arrive(empty.index(s), count=1)
-            it += 1
-        if SPLIT:
-            if split:
-                _merge_splits(acc, y_ptr, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias,
-                              M, N, stride_ym, off_m, col0, WG, WARPGROUPS)
+        it += b_end - b_start
+        if SLICE_K:
+            acc = _sum_slices(acc, red_bufs, red_ready, red_free, done & 1, WG, WARPGROUPS)
+        done += 1
+        if WG < PARTS:  # every warpgroup stores its part, or with SLICE_K warpgroup 0 the tile
+            if SPLIT:
+                if split:
+                    _merge_splits(acc, y_ptr, y_desc, y_bufs, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k,
+                                  split_k, has_bias, M, N, stride_ym, off_m, col0, PART, PARTS, TMA_STORE)
+                else:
+                    _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, PART,
+                                TMA_STORE)
             else:
-                _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, WG,
-                                  TMA_STORE)
-        else:
-            _store_whole_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, WG,
-                              TMA_STORE)
+                _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, PART,
+                            TMA_STORE)
     if TMA_STORE:
         tma.store_wait(0)  # the last copy done before the program ends
 
@@ -308,45 +369,57 @@ def _mma_partition(args, WG: gl.constexpr, SPLIT: gl.constexpr, PAIRED: gl.const
 def gemm_ws_kernel(x_desc, w_desc, y_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym, n_blocks,
                    blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, BLOCK_M: gl.constexpr,
                    STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr, SPLIT: gl.constexpr,
-                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr, WARPGROUPS: gl.constexpr):
-    """`units` work units (`_work_unit`): tiles of (BLOCK_M rows of x) x (64 WARPGROUPS weight columns), the first
-    `whole_tiles` over all of K and each later one as split_k units over a split_k-th of the K blocks. One unit a
-    program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the next."""
-    BLOCK_N: gl.constexpr = WARPGROUPS * WG_COLUMNS
+                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl.constexpr):
+    """`units` work units (`_work_unit`): tiles of (BLOCK_M rows of x) x (64 WARPGROUPS weight columns, or 64 with
+    SLICE_K), the first `whole_tiles` over all of K and each later one as split_k units over a split_k-th of the K
+    blocks. One unit a program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit
+    to the next."""
+    PARTS: gl.constexpr = 1 if SLICE_K else WARPGROUPS  # the tile's 64-column parts
     x_bufs = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, X_BOX_K], x_desc.layout)
-    w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES * WARPGROUPS, WG_COLUMNS, 16], w_desc.layout)
+    w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES * PARTS, WG_COLUMNS, 16], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    if TMA_STORE:  # each warpgroup's (BLOCK_M, 64) y tile on its way out
-        y_bufs = gl.allocate_shared_memory(gl.float16, [WARPGROUPS, BLOCK_M, WG_COLUMNS], y_desc.layout)
+    if TMA_STORE:  # each part's (BLOCK_M, 64) y tile on its way out
+        y_bufs = gl.allocate_shared_memory(gl.float16, [PARTS, BLOCK_M, WG_COLUMNS], y_desc.layout)
     else:
         y_bufs = w_bufs  # unused
+    if SLICE_K:  # warpgroups 1.. hand their K slices' sums to warpgroup 0 here
+        red_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+        red_bufs = gl.allocate_shared_memory(gl.float32, [WARPGROUPS - 1, WG_COLUMNS, BLOCK_M], red_layout)
+        red_ready = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+        red_free = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(red_ready.index(0), count=WARPGROUPS - 1)
+        mbarrier.init(red_free.index(0), count=1)
+    else:
+        red_bufs = w_bufs  # unused
+        red_ready = ready
+        red_free = empty
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=WARPGROUPS)  # every MMA warpgroup releases a buffer
+        mbarrier.init(empty.index(s), count=PARTS)  # every warpgroup that reads a buffer releases it
     first_unit = gl.program_id(0)
     unit_step = gl.num_programs(0) if PERSISTENT else units
-    shared = (x_bufs, w_bufs, y_bufs, ready, empty, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr, bias_ptr, M, N,
-              stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
-              first_unit, unit_step)
+    shared = (x_bufs, w_bufs, y_bufs, red_bufs, ready, empty, red_ready, red_free, zs_ptr, y_ptr, y_desc, ws_ptr,
+              count_ptr, bias_ptr, M, N, stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias,
+              whole_tiles, units, first_unit, unit_step)
     load = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k, whole_tiles, units,
             first_unit, unit_step)
     # One partition per MMA warpgroup, the first in the kernel's own 4 warps, each with its constexprs written out
     if WARPGROUPS == 2:
-        gl.warp_specialize([(_mma_partition, (shared, 0, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 1, SPLIT, PAIRED, TMA_STORE)),
+        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
                             (_load_partition, load)], [4, 1], [MMA_REGS, LOAD_REGS])
     elif WARPGROUPS == 3:
-        gl.warp_specialize([(_mma_partition, (shared, 0, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 1, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 2, SPLIT, PAIRED, TMA_STORE)),
+        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 2, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
                             (_load_partition, load)], [4, 4, 1], [MMA_REGS, MMA_REGS, LOAD_REGS])
     else:
         gl.static_assert(WARPGROUPS == 4, "2, 3 or 4 MMA warpgroups")
-        gl.warp_specialize([(_mma_partition, (shared, 0, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 1, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 2, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 3, SPLIT, PAIRED, TMA_STORE)),
+        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 2, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+                            (_mma_partition, (shared, 3, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
                             (_load_partition, load)], [4, 4, 4, 1], [MMA_REGS, MMA_REGS, MMA_REGS, LOAD_REGS])
 
 
@@ -357,17 +430,19 @@ def split_layout(tiles: int, split_k: int, split_tail: bool, wave: int) -> tuple
     return whole, whole + (tiles - whole) * split_k
 
 
-def stage_bytes(block_m: int, warpgroups: int = 2) -> int:
-    """Shared memory of one buffer of the ring: the (block_m, 128) fp16 x tile and the (64 warpgroups, 16) int32
-    words."""
-    return 2 * block_m * X_BOX * 2 + warpgroups * COLUMNS_PER_WARPGROUP * 16 * 4
+def stage_bytes(block_m: int, parts: int = 2) -> int:
+    """Shared memory of one buffer of the ring: the (block_m, 128) fp16 x tile and the (64 parts, 16) int32 words of
+    the tile's 64-column parts."""
+    return 2 * block_m * X_BOX * 2 + parts * COLUMNS_PER_WARPGROUP * 16 * 4
 
 
 def shared_bytes(config: WsConfig) -> int:
-    """Shared memory of a config's buffers: the ring and, with `tma_store`, each warpgroup's (block_m, 64) fp16 y
-    tile."""
-    y_tiles = config.warpgroups * config.block_m * COLUMNS_PER_WARPGROUP * 2 if config.tma_store else 0
-    return config.stages * stage_bytes(config.block_m, config.warpgroups) + y_tiles
+    """Shared memory of a config's buffers: the ring, with `tma_store` each 64-column part's (block_m, 64) fp16 y tile,
+    and with `slice_k` a (64, block_m) float32 slice sum for each warpgroup but the first."""
+    parts = config.block_n // COLUMNS_PER_WARPGROUP
+    y_tiles = parts * config.block_m * COLUMNS_PER_WARPGROUP * 2 if config.tma_store else 0
+    slices = (config.warpgroups - 1) * COLUMNS_PER_WARPGROUP * config.block_m * 4 if config.slice_k else 0
+    return config.stages * stage_bytes(config.block_m, parts) + y_tiles + slices
 
 
 def mma_register_budget(warpgroups: int) -> int:
@@ -375,21 +450,27 @@ def mma_register_budget(warpgroups: int) -> int:
     return (REGISTER_FILE_PER_THREAD - LOAD_REGISTERS) // warpgroups // 8 * 8
 
 
-def deepest_ring(block_m: int, warpgroups: int, tma_store: bool) -> int:
-    """The most ring stages that fit BUFFER_BYTES beside the y tiles."""
-    y_tiles = shared_bytes(WsConfig(block_m=block_m, stages=0, warpgroups=warpgroups, tma_store=tma_store))
-    return (BUFFER_BYTES - y_tiles) // stage_bytes(block_m, warpgroups)
+def deepest_ring(block_m: int, warpgroups: int, tma_store: bool, slice_k: bool = False) -> int:
+    """The most ring stages that fit BUFFER_BYTES beside the y tiles (and the slice sums; on K slices a multiple of the
+    warpgroups, each reading its own buffers)."""
+    config = WsConfig(block_m=block_m, stages=0, warpgroups=warpgroups, tma_store=tma_store, slice_k=slice_k)
+    stages = (BUFFER_BYTES - shared_bytes(config)) // stage_bytes(block_m, config.block_n // COLUMNS_PER_WARPGROUP)
+    return stages // warpgroups * warpgroups if slice_k else stages
 
 
 def check_config(config: WsConfig) -> None:
     """A clear error for a config the kernel cannot build, naming what to change."""
     assert config.warpgroups in MAX_BLOCK_M, f"warpgroups must be one of {sorted(MAX_BLOCK_M)}, got {config.warpgroups}"
-    assert config.block_m <= MAX_BLOCK_M[config.warpgroups], (
-        f"{config.warpgroups} MMA warpgroups take tiles of up to {MAX_BLOCK_M[config.warpgroups]} rows, got "
-        f"block_m={config.block_m}: use fewer warpgroups or smaller tiles")
+    most_rows = min(MAX_BLOCK_M[config.warpgroups], SLICED_MAX_BLOCK_M if config.slice_k else MAX_BLOCK_M[2])
+    assert config.block_m <= most_rows, (
+        f"{config.warpgroups} MMA warpgroups{' on K slices' if config.slice_k else ''} take tiles of up to {most_rows} "
+        f"rows, got block_m={config.block_m}: use fewer warpgroups or smaller tiles")
+    assert not config.slice_k or config.stages % config.warpgroups == 0, (
+        f"{config.warpgroups} warpgroups on K slices each read buffers of the ring of their own: stages must be a "
+        f"multiple of {config.warpgroups}, got {config.stages}")
     assert shared_bytes(config) <= BUFFER_BYTES, (
         f"{config} needs {shared_bytes(config)} bytes of shared memory, over {BUFFER_BYTES}: use fewer "
-        f"stages (at most {deepest_ring(config.block_m, config.warpgroups, config.tma_store)})")
+        f"stages (at most {deepest_ring(config.block_m, config.warpgroups, config.tma_store, config.slice_k)})")
 
 
 def fits(capability: tuple[int, int], weight: PreparedWeight, x: torch.Tensor) -> bool:
@@ -425,13 +506,13 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     whole_tiles, units = split_layout(tiles, split_k, config.split_tail, sms)
     split = units > tiles
-    assert config.warpgroups * tiles <= MAX_TILES, (f"{tiles} tiles of {config.warpgroups} warpgroups exceed the "
-                                                    f"{MAX_TILES} counters: use larger tiles")
+    parts = config.block_n // COLUMNS_PER_WARPGROUP  # each 64-column part of a split tile counts on its own counter
+    assert parts * tiles <= MAX_TILES, f"{tiles} tiles of {parts} parts exceed {MAX_TILES} counters: use larger tiles"
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     tma_store = config.tma_store and n % 8 == 0  # TMA needs y's rows 16-byte aligned
     y_desc = (TensorDescriptor(y, [m, n], [n, 1], [config.block_m, COLUMNS_PER_WARPGROUP], x_layout) if tma_store
               else x_desc)  # x's layout: (block_m, 64) fp16 both
-    # each split tile's (split_k, block_n, block_m) float32 partials; each warpgroup's part counts on its own counter
+    # each split tile's (split_k, block_n, block_m) float32 partials
     workspace = (torch.empty((tiles - whole_tiles) * split_k * config.block_n * config.block_m, device=x.device,
                              dtype=torch.float32) if split else y)
     counters = arrival_counters(x.device) if split else y
@@ -441,5 +522,5 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
                          weight.group_size // PACK_K, bias is not None, whole_tiles, units, BLOCK_M=config.block_m,
                          STAGES=config.stages, MMA_REGS=config.mma_registers or mma_register_budget(config.warpgroups),
                          PERSISTENT=config.persistent, SPLIT=split, PAIRED=config.paired_blocks, TMA_STORE=tma_store,
-                         WARPGROUPS=config.warpgroups, num_warps=4)
+                         WARPGROUPS=config.warpgroups, SLICE_K=config.slice_k, num_warps=4)
     return y

@@ -94,7 +94,9 @@ def test_swapped_gemm_shipped_entries_are_found():
     assert configs.gemm_swapped_config(name, 28672, 8192, 60, 132) == configs.GemmConfig(**entry)  # same bucket
     assert select_kernel(64, 28672, 8192, H100, name) is KernelChoice.GEMM_SWAPPED
     assert select_kernel(256, 28672, 8192, H100, name) is KernelChoice.GEMM_WS
-    assert select_kernel(256, 4096, 4096, H100, name) is KernelChoice.GEMM_SWAPPED  # too few 128-column tiles
+    assert select_kernel(64, 22016, 4096, H100, name) is KernelChoice.GEMM_SWAPPED
+    # 4096x4096 at M=256: 64 tiles of 128 x 128, but 128 of 128 x 64 with the warpgroups on K slices
+    assert select_kernel(256, 4096, 4096, H100, name) is KernelChoice.GEMM_WS
     # M=1024 and 2048: the warp-specialised GEMM measured fastest on all seven shapes (the table's entries);
     # M=4096 (and above: the largest bucket) dequant+cuBLAS on all but 8192x28672
     # 22016x4096 in 128-row tiles of three warpgroups' 192 columns: 920 tiles, 6.97 waves of 132 programs

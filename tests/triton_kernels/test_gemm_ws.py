@@ -1,5 +1,7 @@
 """The warp-specialised Hopper GEMM (`gemm_ws.py`): when it runs, its configs, and on a Hopper GPU its results
 against a float64 reference. Gluon has no CPU interpreter, so the kernel itself runs only on the GPU tests."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -78,26 +80,40 @@ def test_mma_register_budget_shares_the_register_file():
         assert w * budget + gemm_ws.LOAD_REGISTERS <= 512 < w * (budget + 8) + gemm_ws.LOAD_REGISTERS
 
 
-def test_deepest_ring_is_the_most_stages_that_fit():
+@pytest.mark.parametrize("slice_k", [False, True], ids=["columns", "k_slices"])
+def test_deepest_ring_is_the_most_stages_that_fit(slice_k):
     for w, block_ms in ((2, (32, 64, 128, 256)), (3, (32, 64, 128)), (4, (32, 64))):
-        for block_m in block_ms:
+        for block_m in (b for b in block_ms if b <= 128 or not slice_k):
             for tma in (False, True):
-                stages = gemm_ws.deepest_ring(block_m, w, tma)
-                fitting = configs.WsConfig(block_m, stages, warpgroups=w, tma_store=tma)
+                stages = gemm_ws.deepest_ring(block_m, w, tma, slice_k)
+                fitting = configs.WsConfig(block_m, stages, warpgroups=w, tma_store=tma, slice_k=slice_k)
                 assert stages >= 1 and gemm_ws.shared_bytes(fitting) <= gemm_ws.BUFFER_BYTES < SHARED_BYTES
-                deeper = configs.WsConfig(block_m, stages + 1, warpgroups=w, tma_store=tma)
+                deeper = configs.WsConfig(block_m, stages + (w if slice_k else 1), warpgroups=w, tma_store=tma,
+                                          slice_k=slice_k)
                 assert gemm_ws.shared_bytes(deeper) > gemm_ws.BUFFER_BYTES
                 gemm_ws.check_config(fitting)
                 with pytest.raises(AssertionError, match="fewer stages"):
                     gemm_ws.check_config(deeper)
     assert gemm_ws.deepest_ring(128, 3, True) == 4  # 4 x 44 KB of ring beside three (128, 64) fp16 y tiles
+    # K slices: one word box a stage (36 KB), one y tile (16 KB) and a (64, 128) float32 slice sum (32 KB) a warpgroup
+    # but the first; and on K slices a multiple of the warpgroups
+    assert gemm_ws.deepest_ring(128, 2, True, True) == 4 and gemm_ws.deepest_ring(128, 3, True, True) == 3
+
+
+def test_k_slices_share_one_64_column_tile():
+    sliced = configs.WsConfig(128, 4, warpgroups=3, tma_store=True, slice_k=True)
+    assert sliced.block_n == 64 and configs.WsConfig(128, 4, warpgroups=3).block_n == 192
+    ring = 4 * (2 * 128 * 64 * 2 + 64 * 16 * 4)
+    assert gemm_ws.shared_bytes(sliced) == ring + 128 * 64 * 2 + 2 * 64 * 128 * 4
 
 
 @pytest.mark.parametrize("config, message", [
     (configs.WsConfig(256, 1, warpgroups=3), "tiles of up to 128 rows"),
     (configs.WsConfig(128, 2, warpgroups=4), "tiles of up to 64 rows"),
     (configs.WsConfig(64, 2, warpgroups=5), "warpgroups must be one of"),
-], ids=["3wg_256rows", "4wg_128rows", "5wg"])
+    (configs.WsConfig(256, 2, slice_k=True), "on K slices take tiles of up to 128 rows"),
+    (configs.WsConfig(128, 5, slice_k=True), "stages must be a multiple of 2"),
+], ids=["3wg_256rows", "4wg_128rows", "5wg", "sliced_256rows", "sliced_odd_ring"])
 def test_check_config_names_what_to_change(config, message):
     with pytest.raises(AssertionError, match=message):
         gemm_ws.check_config(config)
@@ -132,17 +148,19 @@ def test_wave_fill_counts_idle_programs_and_partial_tiles():
     assert configs.wave_fill(1024, 22016, 128, 192, 132) == pytest.approx(1024 * 22016 / (7 * 132 * 128 * 192))
 
 
-@pytest.mark.parametrize("n, k, m, split", [
-    (4096, 4096, 300, 1),  # 96 tiles of 128 rows: under one wave of 132 multiprocessors, but 2 would need 192
-    (4096, 11008, 128, 4),  # 32 tiles
-    (8192, 28672, 128, 2),  # 64 tiles
-    (4096, 4096, 1024, 1),  # 128 tiles of 256 rows
-    (4096, 384, 128, 1),  # 3 blocks of K: too few to split
-    (1024, 1024, 512, 2),  # 16 tiles would take 8 splits, but 8 blocks make only 2 of WS_MIN_SPLIT_BLOCKS
+@pytest.mark.parametrize("n, k, m, split, sliced", [
+    (4096, 4096, 300, 1, False),  # 96 tiles of 128 rows: under one wave of 132 multiprocessors, but 2 would need 192
+    (4096, 11008, 128, 2, True),  # 32 tiles: 64 of 64 columns on K slices, 2 splits of those
+    (4096, 11008, 256, 1, True),  # 64 tiles: 128 on K slices
+    (8192, 28672, 128, 1, True),  # 64 tiles
+    (4096, 4096, 1024, 1, False),  # 128 tiles of 256 rows
+    (4096, 384, 128, 1, True),  # 3 blocks of K: too few to split
+    (1024, 1024, 512, 2, False),  # 16 tiles of 256 rows would take 8 splits, but 8 blocks make only 2 of 4 blocks
 ])
-def test_default_config_splits_k_only_for_too_few_tiles(n, k, m, split):
+def test_default_config_splits_k_only_for_too_few_tiles(n, k, m, split, sliced):
     c = configs.default_gemm_ws(n, k, m, 132)
-    assert (c.split_k, c.split_tail) == (split, False)
+    assert (c.split_k, c.split_tail, c.slice_k) == (split, False, sliced), c
+    gemm_ws.check_config(c)
 
 
 @pytest.mark.parametrize("n, k, m, split, split_tail", [
@@ -217,13 +235,19 @@ CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), conf
            configs.WsConfig(128, 5, False, split_k=2, split_tail=True, warpgroups=3),
            configs.WsConfig(64, 7, True, split_k=3, paired_blocks=True, tma_store=True, warpgroups=3),
            configs.WsConfig(64, 6, True, split_k=2, tma_store=True, warpgroups=4),
-           configs.WsConfig(32, 9, False, split_k=3, split_tail=True, paired_blocks=True, warpgroups=4)]
+           configs.WsConfig(32, 9, False, split_k=3, split_tail=True, paired_blocks=True, warpgroups=4),
+           # warpgroups on K slices of one 64-column tile: whole and split, paired, TMA, 3 and 4 of them (at K = 256,
+           # two blocks, warpgroups 2 and 3 have no block and add zeros)
+           configs.WsConfig(128, 4, False, slice_k=True),
+           configs.WsConfig(64, 8, True, split_k=2, paired_blocks=True, tma_store=True, slice_k=True),
+           configs.WsConfig(128, 3, True, split_k=3, split_tail=True, tma_store=True, warpgroups=3, slice_k=True),
+           configs.WsConfig(32, 8, False, split_k=2, paired_blocks=True, warpgroups=4, slice_k=True)]
 
 
 def _config_id(c: configs.WsConfig) -> str:
     return (f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}" + (f"s{c.split_k}" if c.split_k > 1 else "")
             + ("t" if c.split_tail else "") + ("x2" if c.paired_blocks else "") + ("tma" if c.tma_store else "")
-            + (f"w{c.warpgroups}" if c.warpgroups != 2 else ""))
+            + (f"w{c.warpgroups}" if c.warpgroups != 2 else "") + ("k" if c.slice_k else ""))
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
@@ -234,6 +258,7 @@ def _config_id(c: configs.WsConfig) -> str:
     (384, 384, 17, 128, False),  # fewer rows than a tile
     (128, 4096, 1024, -1, False),  # one group over all of K
     (4096, 4096, 1000, 128, True),  # more tiles than multiprocessors: several a persistent program
+    (2048, 1408, 1000, 128, False),  # ... of 11 blocks: the ring positions of a program's later units start odd
     (136, 256, 64, 256, False),
 ])
 def test_matches_float64_reference(config, n, k, m, group, bias):
@@ -254,6 +279,8 @@ def test_matches_float64_reference(config, n, k, m, group, bias):
     (configs.WsConfig(64, 6, True, split_k=4), 640),
     (configs.WsConfig(32, 8, True, split_k=4, split_tail=True), 6400),  # 150 tiles: 132 whole, 18 split
     (configs.WsConfig(32, 8, True, split_k=3, split_tail=True, warpgroups=3), 9600),  # 150 tiles of 192 columns
+    (configs.WsConfig(64, 6, True, split_k=4, tma_store=True), 640),  # the sums through TMA
+    (configs.WsConfig(64, 9, True, split_k=3, tma_store=True, warpgroups=3, slice_k=True), 640),  # and of K slices
 ])
 def test_split_k_gives_the_same_bits_every_run(config, n):
     """The splits' partials meet in a fixed order (`splitk.py`), whichever program finishes first."""
@@ -268,8 +295,27 @@ def test_split_k_gives_the_same_bits_every_run(config, n):
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
+@pytest.mark.parametrize("config", [configs.WsConfig(64, 6, True, split_k=4),
+                                    configs.WsConfig(128, 4, False, split_k=2, warpgroups=3),
+                                    configs.WsConfig(32, 8, True, split_k=3, split_tail=True, paired_blocks=True)],
+                         ids=_config_id)
+def test_split_sums_leave_through_tma_with_the_same_bits(config):
+    """A split tile's last program sums the partials in split order whoever it is (its own partial from its
+    registers when it is split 0 or 1), then stores y from registers or through TMA: the same bits either way,
+    with rows past M and columns past N (N = 200 is no whole tile of 128 or 192 columns) clipped."""
+    w = _weight(2048, 200, 128, device="cuda")
+    x = torch.randn((100, 2048), device="cuda", dtype=torch.float16)
+    registers = gemm_ws.gemm_ws(x, w, None, config)
+    tma = gemm_ws.gemm_ws(x, w, None, dataclasses.replace(config, tma_store=True))
+    assert torch.equal(tma, registers)
+    ref = (x.double() @ dequantize_prepared(w).double()).cpu()
+    assert relative_error(tma, ref) < RTOL
+
+
+@pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
 @pytest.mark.parametrize("config", [configs.WsConfig(128, 4, True), configs.WsConfig(64, 6, False, split_k=3),
-                                    configs.WsConfig(32, 8, True, split_k=2, split_tail=True)], ids=_config_id)
+                                    configs.WsConfig(32, 8, True, split_k=2, split_tail=True),
+                                    configs.WsConfig(64, 8, True, split_k=2, slice_k=True)], ids=_config_id)
 def test_runs_inside_a_cuda_graph(config):
     w = _weight(1024, 512, 128, device="cuda")
     x = torch.randn((512, 1024), device="cuda", dtype=torch.float16)
