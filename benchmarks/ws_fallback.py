@@ -1,12 +1,13 @@
-"""The warp-specialised GEMM's fallback on shapes the tuning never saw: two or three MMA warpgroups (CUDA, Hopper).
+"""The warp-specialised GEMM's fallback on shapes the tuning never saw: which tiles (CUDA, Hopper).
 
     python benchmarks/ws_fallback.py --out $OUT   # -> results/ws_fallback_<gpu>.json
 
 `configs.default_gemm_ws` takes three warpgroups' 128 x 192 tiles where their waves of programs do more useful work
-(`configs.wave_fill`). Its rule was fitted on the seven benchmark shapes; here it meets the layers of other models
-(Llama-3-8B, Qwen2.5-7B and -14B). Each (shape, M) is timed with the fallback as it chooses and with the other
-choice (the fallback's two-warpgroup config, or its three-warpgroup tile), beside fp16 cuBLAS: ring of layers over
-4x the L2, CUDA-graph replay, median (`kernels.py`).
+(`configs.wave_fill`), and where two warpgroups' 128 x 128 tiles fill at most half a wave, the two warpgroups on K
+slices of 128 x 64 tiles (`WsConfig.slice_k`). Its rules were fitted on the seven benchmark shapes; here they meet the
+layers of other models (Llama-3-8B, Qwen2.5-7B and -14B). Each (shape, M) is timed with the fallback's two-warpgroup
+config on 128-column tiles, its three-warpgroup tile and, where the rule takes them, its K slices, beside fp16
+cuBLAS: ring of layers over 4x the L2, CUDA-graph replay, median (`kernels.py`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ SHAPES = {  # name: (N, K)
     "qwen2.5_7b_down": (3584, 18944), "qwen2.5_14b_qkv": (7168, 5120), "qwen2.5_14b_up_gate": (27648, 5120),
     "qwen2.5_14b_down": (5120, 13824),
 }
-MS = (256, 512, 1024)
+MS = (128, 256, 512, 1024)
 
 
 def main() -> None:
@@ -41,8 +42,8 @@ def main() -> None:
     assert torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] == 9, "needs a Hopper GPU"
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
-    print(f"{'shape':22s} {'M':>5s} {'fill 2/3':>11s} {'chosen':>6s} {'2 wg us':>8s} {'3 wg us':>8s} {'fp16':>7s} "
-          f"{'right':>5s}")
+    print(f"{'shape':22s} {'M':>5s} {'fill 2/3':>11s} {'chosen':>7s} {'2 wg us':>8s} {'3 wg us':>8s} {'slices':>7s} "
+          f"{'fp16':>7s} {'right':>5s}")
     for name, (n, k) in SHAPES.items():
         w0 = kb.random_prepared(n, k)
         ring = [w0] + [kb.random_prepared(n, k) for _ in range(kb.ring_length(kb.prepared_bytes(w0)) - 1)]
@@ -50,21 +51,27 @@ def main() -> None:
         for m in MS:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
             chosen = configs.default_gemm_ws(n, k, m, sms)
-            two, three = configs.two_warpgroup_gemm_ws(n, k, m, sms), configs.WS_WIDE_CONFIG
-            us = {cfg.warpgroups: kb.time_ring(lambda xx, ww, c=cfg: gemm_ws(xx, ww, None, c), ring, x)
-                  for cfg in (two, three)}
+            options = {"two": configs.two_warpgroup_gemm_ws(n, k, m, sms, k_slices=False),
+                       "three": configs.WS_WIDE_CONFIG}
+            sliced = configs.two_warpgroup_gemm_ws(n, k, m, sms)
+            if sliced.slice_k:
+                options["slices"] = sliced
+            us = {key: kb.time_ring(lambda xx, ww, c=cfg: gemm_ws(xx, ww, None, c), ring, x)
+                  for key, cfg in options.items()}
+            picked = next(key for key, cfg in options.items() if cfg == chosen)
             fp16 = kb.time_ring(lambda xx, ww: F.linear(xx, ww.t()), dense, x)
-            fills = (configs.wave_fill(m, n, two.block_m, 128, sms), configs.wave_fill(m, n, 128, 192, sms))
-            right = us[chosen.warpgroups] <= min(us.values())
-            rows.append(dict(shape=name, n=n, k=k, m=m, chosen=configs.as_entry(chosen), two=configs.as_entry(two),
-                             three=configs.as_entry(three), two_us=us[2], three_us=us[3], fp16_us=fp16,
-                             fill_two=fills[0], fill_three=fills[1], chose_the_faster=right))
-            print(f"{name:22s} {m:5d} {fills[0]:5.2f}/{fills[1]:4.2f} {chosen.warpgroups:6d} {us[2]:8.1f} "
-                  f"{us[3]:8.1f} {fp16:7.1f} {'yes' if right else 'NO':>5s}", flush=True)
+            fills = (configs.wave_fill(m, n, options["two"].block_m, 128, sms), configs.wave_fill(m, n, 128, 192, sms))
+            right = us[picked] <= min(us.values())
+            rows.append(dict(shape=name, n=n, k=k, m=m, chosen=configs.as_entry(chosen), picked=picked,
+                             **{key: configs.as_entry(cfg) for key, cfg in options.items()},
+                             **{f"{key}_us": t for key, t in us.items()}, fp16_us=fp16, fill_two=fills[0],
+                             fill_three=fills[1], chose_the_faster=right))
+            print(f"{name:22s} {m:5d} {fills[0]:5.2f}/{fills[1]:4.2f} {picked:>7s} {us['two']:8.1f} {us['three']:8.1f} "
+                  f"{us.get('slices', float('nan')):7.1f} {fp16:7.1f} {'yes' if right else 'NO':>5s}", flush=True)
         del ring, dense, w0
         torch.cuda.empty_cache()
     right = sum(r["chose_the_faster"] for r in rows)
-    print(f"the fallback chose the faster of the two on {right} of {len(rows)}")
+    print(f"the fallback chose the fastest of its options on {right} of {len(rows)}")
     gpu = torch.cuda.get_device_name(0)
     result = dict(command="python " + " ".join(sys.argv), gpu=gpu, torch=torch.__version__, rows=rows,
                   chose_the_faster=right)

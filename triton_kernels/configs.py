@@ -262,7 +262,8 @@ WS_TAIL_MAX_SPLIT = 3
 # through L2: 3.2-6.2 us of a 22-36 us layer on the H100) halve or go. The tuning chose that on the H100 for every such
 # (shape, M) of the benchmark at M = 128 and 256 (results/autotune_<gpu>_slice_k.json): 4096x11008 M=256 44.9 ->
 # 38.8 us (no split instead of 2), 4096x4096 M=256 24.0 -> 16.8, 8192x8192 M=128 37.0 -> 31.2, 8192x28672 M=128
-# 99.8 -> 96.7 (no split instead of 3 on 192-column tiles)
+# 99.8 -> 96.7 (no split instead of 3 on 192-column tiles); out of sample, on the 10 layers of Llama-3-8B and
+# Qwen2.5-7B/14B at M = 128, 256 where it applies, it was the fastest option each time (results/ws_fallback_<gpu>.json)
 WS_SLICE_K_FILL = 2
 
 
@@ -298,15 +299,15 @@ def default_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
     return two
 
 
-def two_warpgroup_gemm_ws(n: int, k: int, m: int, sm_count: int) -> WsConfig:
+def two_warpgroup_gemm_ws(n: int, k: int, m: int, sm_count: int, k_slices: bool = True) -> WsConfig:
     """Two warpgroups' 128-column tiles of 256 rows from WIDE_WS_M, else 128, K split where the tiles fill under a
-    wave or leave a short last one; under half a wave of 128-row tiles, the two warpgroups on K slices of 64-column
-    tiles (WS_SLICE_K_FILL)."""
+    wave or leave a short last one; under half a wave of 128-row tiles (and with `k_slices`), the two warpgroups on K
+    slices of 64-column tiles (WS_SLICE_K_FILL)."""
     block_m = 256 if m >= WIDE_WS_M else 128
     base = dict(block_m=block_m, stages=WS_FALLBACK_STAGES[block_m], persistent=True, tma_store=True)
     tiles = -(-m // block_m) * -(-n // (2 * COLUMNS_PER_WARPGROUP))
     most_splits = -(-k // 128) // WS_MIN_SPLIT_BLOCKS
-    if block_m == 128 and tiles * WS_SLICE_K_FILL <= sm_count:  # twice the tiles, each over all of K or fewer splits
+    if k_slices and block_m == 128 and tiles * WS_SLICE_K_FILL <= sm_count:  # twice the tiles, so fewer K splits
         return WsConfig(**base, slice_k=True, split_k=max(1, min(most_splits, sm_count // (2 * tiles))))
     if tiles <= sm_count:  # under one wave: every tile split
         return WsConfig(**base, split_k=max(1, min(most_splits, sm_count // tiles)))

@@ -468,6 +468,10 @@ def check_config(config: WsConfig) -> None:
     assert not config.slice_k or config.stages % config.warpgroups == 0, (
         f"{config.warpgroups} warpgroups on K slices each read buffers of the ring of their own: stages must be a "
         f"multiple of {config.warpgroups}, got {config.stages}")
+    turns = config.warpgroups if config.slice_k else 1  # ring buffers between two of a warpgroup's own
+    assert not config.paired_blocks or config.stages >= 2 * turns, (
+        f"paired blocks hold two of a warpgroup's buffers at once: stages must be at least {2 * turns}, got "
+        f"{config.stages}")
     assert shared_bytes(config) <= BUFFER_BYTES, (
         f"{config} needs {shared_bytes(config)} bytes of shared memory, over {BUFFER_BYTES}: use fewer "
         f"stages (at most {deepest_ring(config.block_m, config.warpgroups, config.tma_store, config.slice_k)})")

@@ -113,7 +113,8 @@ def test_k_slices_share_one_64_column_tile():
     (configs.WsConfig(64, 2, warpgroups=5), "warpgroups must be one of"),
     (configs.WsConfig(256, 2, slice_k=True), "on K slices take tiles of up to 128 rows"),
     (configs.WsConfig(128, 5, slice_k=True), "stages must be a multiple of 2"),
-], ids=["3wg_256rows", "4wg_128rows", "5wg", "sliced_256rows", "sliced_odd_ring"])
+    (configs.WsConfig(128, 3, warpgroups=3, paired_blocks=True, slice_k=True), "stages must be at least 6"),
+], ids=["3wg_256rows", "4wg_128rows", "5wg", "sliced_256rows", "sliced_odd_ring", "sliced_paired_short_ring"])
 def test_check_config_names_what_to_change(config, message):
     with pytest.raises(AssertionError, match=message):
         gemm_ws.check_config(config)
