@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.kernels import (SHAPES, prepared_bytes, random_prepared, ring_length, time_ring,  # noqa: E402
+from benchmarks.kernels import (SHAPES, prepared_ring, random_prepared, ring_length, time_ring,  # noqa: E402
                                write_result)
 from triton_kernels import KernelChoice, w4a16_linear  # noqa: E402
 from triton_kernels import configs  # noqa: E402
@@ -73,8 +73,7 @@ def main() -> None:
     data = dict(command="python " + " ".join(sys.argv), gpu=gpu, check=check(), time=[])
     for shape in args.shapes.split(","):
         n, k = SHAPES[shape]
-        w0 = random_prepared(n, k)
-        ours = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
+        ours = prepared_ring(n, k)
         fp16 = [torch.randn((n, k), device="cuda", dtype=torch.float16) for _ in range(ring_length(2 * n * k))]
         for m in (int(v) for v in args.ms.split(",")):
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)

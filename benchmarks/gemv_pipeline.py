@@ -82,8 +82,7 @@ def label(c: GemvConfig) -> str:
 
 def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict) -> dict:
     name = torch.cuda.get_device_name(0)
-    w0 = kb.random_prepared(n, k)
-    ring = [w0] + [kb.random_prepared(n, k) for _ in range(kb.ring_length(kb.prepared_bytes(w0)) - 1)]
+    ring = kb.prepared_ring(n, k)
     x = torch.randn((1, k), device="cuda", dtype=getattr(torch, space["x_dtype"]))
     tuned = configs.gemv_config(name, n, k, 1, sms)
     tried = []
@@ -97,7 +96,7 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict
             continue
         tried.append(dict(label=label(cfg), config=configs.as_entry(cfg), us=t))
     if kb.WARM_ONLY:
-        del ring, w0
+        del ring
         return {}
     ok = [r for r in tried if "us" in r]
     families = {"best_plain": lambda c: c["loop_stages"] == 0, "best_pipelined": lambda c: c["loop_stages"] > 0}
@@ -129,7 +128,7 @@ def run_shape(shape: str, n: int, k: int, sms: int, bw: float, part, space: dict
                 kb.time_ring(lambda xx, ww, c=cfg: gemv(xx, ww, None, c), ring, x, replays=CONFIRM_REPLAYS))
         confirm.setdefault("gemm_tuned", []).append(
             kb.time_ring(lambda xx, ww: gemm(xx, ww, None, gemm_cfg), ring, x.half(), replays=CONFIRM_REPLAYS))
-    del ring, w0
+    del ring
     torch.cuda.empty_cache()
     glite_us = None
     glite = kb.gemlite_ring(n, k, kb.ring_length(n * k // 2))

@@ -50,15 +50,14 @@ def main() -> None:
     rows = []
     for k in KS:
         cfg = dataclasses.replace(base, split_k=max(1, base.split_k * k // BASE_K))  # same blocks per program
-        w0 = kb.random_prepared(N, k)
-        ring = [w0] + [kb.random_prepared(N, k) for _ in range(kb.ring_length(kb.prepared_bytes(w0)) - 1)]
+        ring = kb.prepared_ring(N, k)
         x = torch.randn((1, k), device="cuda", dtype=torch.float16)
         us = kb.time_ring(lambda xx, ww, c=cfg: gemv(xx, ww, None, c), ring, x, replays=25)
         floor = kb.floor_bytes(1, N, k) / bandwidth * 1e6
         rows.append(dict(k=k, config=configs.as_entry(cfg), us=us, floor_us=floor, bytes=kb.floor_bytes(1, N, k)))
         print(f"N={N} K={k:6d} split {cfg.split_k:3d}: {us:7.1f} us, floor {floor:6.1f} ({100 * floor / us:4.1f}%)",
               flush=True)
-        del ring, w0
+        del ring
         torch.cuda.empty_cache()
     intercept, slope = fit_line([r["bytes"] for r in rows], [r["us"] for r in rows])
     fit = dict(intercept_us=intercept, streaming_bytes_per_s=1e6 / slope,

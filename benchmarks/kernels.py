@@ -256,6 +256,12 @@ def prepared_bytes(w: PreparedWeight) -> int:
     return sum(t.numel() * t.element_size() for t in (w.qweight, w.zero_scales))
 
 
+def prepared_ring(n: int, k: int) -> list[PreparedWeight]:
+    """Distinct random (N, K) layers holding over 4x the L2 (`ring_length`), for `time_ring`."""
+    first = random_prepared(n, k)
+    return [first] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(first)) - 1)]
+
+
 def gemlite_ring(n: int, k: int, count: int) -> list | None:
     """GemLite A16W4 (group 128) layers, or None when gemlite is not installed."""
     try:
@@ -295,8 +301,8 @@ def diagnose_gemv(shapes: dict) -> list[dict]:
     bw = copy_bandwidth()
     rows = []
     for shape, (n, k) in shapes.items():
-        w0 = random_prepared(n, k)
-        ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
+        ring = prepared_ring(n, k)
+        w0 = ring[0]
         x = torch.randn((1, k), device="cuda", dtype=torch.float16)
         cfg = configs.gemv_config(name, n, k, 1, torch.cuda.get_device_properties(0).multi_processor_count)
         n_blocks = w0.padded_in_features // 128
@@ -372,7 +378,7 @@ WS_PAIRED_MAX_BLOCK_M = 64
 WARPGROUP_CHOICES = (2, 3, 4)
 WS_WARPGROUPS = WARPGROUP_CHOICES
 # Warpgroups on a 64-column part each, and on K slices of one 64-column tile (`WsConfig.slice_k`, tiles of up to
-# `gemm_ws.SLICED_MAX_BLOCK_M` rows)
+# `gemm_ws.max_block_m` rows)
 SLICE_K_CHOICES = (False, True)
 WS_SLICE_K = SLICE_K_CHOICES
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
@@ -441,8 +447,7 @@ def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
     blocks = -(-k // 128)
     out = []
     for warpgroups, slice_k in ((w, s) for w in WS_WARPGROUPS for s in WS_SLICE_K):
-        most_rows = min(gemm_ws.MAX_BLOCK_M[warpgroups], gemm_ws.SLICED_MAX_BLOCK_M if slice_k else 256)
-        for block_m in sorted(b for b in block_ms if b <= most_rows):
+        for block_m in sorted(b for b in block_ms if b <= gemm_ws.max_block_m(warpgroups, slice_k)):
             tiles = -(-m // block_m) * -(-n // WsConfig(block_m, warpgroups=warpgroups, slice_k=slice_k).block_n)
             tail_tiles = tiles % SMS if tiles > SMS else 0  # tiles past the last whole wave (`WsConfig.split_tail`)
             for split in WS_SPLITS:
@@ -488,8 +493,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
             "note": "written by benchmarks/kernels.py --autotune; fp16 activations, ring-of-layers CUDA-graph timing"}
     work_index = -1
     for shape, (n, k) in shapes.items():
-        w0 = random_prepared(n, k)
-        ring = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
+        ring = prepared_ring(n, k)
         for m in ms:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
             fastest = {}  # kernel -> microseconds, for the dispatch entry
@@ -535,7 +539,7 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                 reason = "measured (us): " + ", ".join(f"{kk} {v:.1f}" for kk, v in sorted(fastest.items(), key=lambda t: t[1]))
                 entries[configs.config_key("dispatch", n, k, m)] = dict(kernel=winner, reason=reason)
                 print(f"{shape:12s} M={m:5d} dispatch -> {winner}: {reason}", flush=True)
-        del ring, w0
+        del ring
         torch.cuda.empty_cache()
         if WARM_ONLY:
             continue
@@ -562,11 +566,10 @@ def benchmark(shapes: dict, ms: tuple, save, part=(0, 1)) -> dict:
     for shape, (n, k) in shapes.items():
         if WARM_ONLY and not any(in_part(work.index((shape, m)), part) for m in ms):
             continue
-        w0 = random_prepared(n, k)
-        ours = [w0] + [random_prepared(n, k) for _ in range(ring_length(prepared_bytes(w0)) - 1)]
+        ours = prepared_ring(n, k)
         fp16 = [torch.randn((n, k), device="cuda", dtype=torch.float16) for _ in range(ring_length(2 * n * k))]
         try:
-            glite = gemlite_ring(n, k, ring_length(prepared_bytes(w0)))
+            glite = gemlite_ring(n, k, len(ours))
         except Exception as exc:  # noqa: BLE001
             print(f"gemlite failed to build: {exc!r}")
             glite = None

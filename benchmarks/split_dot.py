@@ -48,8 +48,8 @@ def main() -> None:
     rows, index = [], -1
     for shape in args.shapes.split(","):
         n, k = kb.SHAPES[shape]
-        w0 = kb.random_prepared(n, k)
-        ring = [w0] + [kb.random_prepared(n, k) for _ in range(kb.ring_length(kb.prepared_bytes(w0)) - 1)]
+        ring = kb.prepared_ring(n, k)
+        w0 = ring[0]
         dense = [] if args.warm_only else [torch.randn((n, k), device="cuda", dtype=torch.float16)
                                            for _ in range(kb.ring_length(2 * n * k))]
         for m in (int(v) for v in args.ms.split(",")):

@@ -70,12 +70,11 @@ def main() -> None:
                     row["wrong"][f"{str(dtype)[6:]} M={m}"] = dict(wrong=wrong, runs=args.runs, worst_error=worst)
             for shape in SPEED_SHAPES:
                 n, k = kb.SHAPES[shape]
-                w0 = kb.random_prepared(n, k)
-                ring = [w0] + [kb.random_prepared(n, k) for _ in range(kb.ring_length(kb.prepared_bytes(w0)) - 1)]
+                ring = kb.prepared_ring(n, k)
                 x = torch.randn((1024, k), device="cuda", dtype=torch.float16)
                 row[f"{n}x{k}_M1024_us"] = kb.time_ring(lambda xx, ww, c=config: swapped.gemm_swapped(xx, ww, None, c),
                                                         ring, x)
-                del ring, w0
+                del ring
             rows.append(row)
             wrong = sum(v["wrong"] for v in row["wrong"].values())
             times = " ".join(f"{key[:-3]} {value:.1f} us" for key, value in row.items() if key.endswith("_us"))

@@ -45,8 +45,7 @@ def main() -> None:
     print(f"{'shape':22s} {'M':>5s} {'fill 2/3':>11s} {'chosen':>7s} {'2 wg us':>8s} {'3 wg us':>8s} {'slices':>7s} "
           f"{'fp16':>7s} {'right':>5s}")
     for name, (n, k) in SHAPES.items():
-        w0 = kb.random_prepared(n, k)
-        ring = [w0] + [kb.random_prepared(n, k) for _ in range(kb.ring_length(kb.prepared_bytes(w0)) - 1)]
+        ring = kb.prepared_ring(n, k)
         dense = [torch.randn((k, n), device="cuda", dtype=torch.float16) for _ in range(len(ring))]
         for m in MS:
             x = torch.randn((m, k), device="cuda", dtype=torch.float16)
@@ -68,7 +67,7 @@ def main() -> None:
                              fill_three=fills[1], chose_the_faster=right))
             print(f"{name:22s} {m:5d} {fills[0]:5.2f}/{fills[1]:4.2f} {picked:>7s} {us['two']:8.1f} {us['three']:8.1f} "
                   f"{us.get('slices', float('nan')):7.1f} {fp16:7.1f} {'yes' if right else 'NO':>5s}", flush=True)
-        del ring, dense, w0
+        del ring, dense
         torch.cuda.empty_cache()
     right = sum(r["chose_the_faster"] for r in rows)
     print(f"the fallback chose the fastest of its options on {right} of {len(rows)}")

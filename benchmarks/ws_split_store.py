@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -65,8 +64,7 @@ def main() -> None:
     for index, (name, n, k, m, config) in enumerate(split_cases(gpu, sms)):
         if not kb.in_part(index, part):
             continue
-        ring = [kb.random_prepared(n, k)]
-        ring += [kb.random_prepared(n, k) for _ in range(kb.ring_length(kb.prepared_bytes(ring[0])) - 1)]
+        ring = kb.prepared_ring(n, k)
         x = torch.randn((m, k), device="cuda", dtype=torch.float16)
         both = {cfg.tma_store: cfg for cfg in (config, flipped(config))}
         us = {tma: kb.time_ring(lambda xx, ww, c=cfg: gemm_ws.gemm_ws(xx, ww, None, c), ring, x)

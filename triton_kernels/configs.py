@@ -113,9 +113,14 @@ class WsConfig:
     slice_k: bool = False
 
     @property
+    def parts(self) -> int:
+        """A tile's 64-column parts: one a warpgroup, or one shared by all of them (`slice_k`)."""
+        return 1 if self.slice_k else self.warpgroups
+
+    @property
     def block_n(self) -> int:
-        """Weight columns of a tile: 64 a warpgroup, or 64 shared by all of them (`slice_k`)."""
-        return COLUMNS_PER_WARPGROUP * (1 if self.slice_k else self.warpgroups)
+        """Weight columns of a tile."""
+        return COLUMNS_PER_WARPGROUP * self.parts
 
 
 def bucket_m(m: int) -> int:

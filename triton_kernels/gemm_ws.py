@@ -439,10 +439,9 @@ def stage_bytes(block_m: int, parts: int = 2) -> int:
 def shared_bytes(config: WsConfig) -> int:
     """Shared memory of a config's buffers: the ring, with `tma_store` each 64-column part's (block_m, 64) fp16 y tile,
     and with `slice_k` a (64, block_m) float32 slice sum for each warpgroup but the first."""
-    parts = config.block_n // COLUMNS_PER_WARPGROUP
-    y_tiles = parts * config.block_m * COLUMNS_PER_WARPGROUP * 2 if config.tma_store else 0
+    y_tiles = config.parts * config.block_m * COLUMNS_PER_WARPGROUP * 2 if config.tma_store else 0
     slices = (config.warpgroups - 1) * COLUMNS_PER_WARPGROUP * config.block_m * 4 if config.slice_k else 0
-    return config.stages * stage_bytes(config.block_m, parts) + y_tiles + slices
+    return config.stages * stage_bytes(config.block_m, config.parts) + y_tiles + slices
 
 
 def mma_register_budget(warpgroups: int) -> int:
@@ -454,14 +453,19 @@ def deepest_ring(block_m: int, warpgroups: int, tma_store: bool, slice_k: bool =
     """The most ring stages that fit BUFFER_BYTES beside the y tiles (and the slice sums; on K slices a multiple of the
     warpgroups, each reading its own buffers)."""
     config = WsConfig(block_m=block_m, stages=0, warpgroups=warpgroups, tma_store=tma_store, slice_k=slice_k)
-    stages = (BUFFER_BYTES - shared_bytes(config)) // stage_bytes(block_m, config.block_n // COLUMNS_PER_WARPGROUP)
+    stages = (BUFFER_BYTES - shared_bytes(config)) // stage_bytes(block_m, config.parts)
     return stages // warpgroups * warpgroups if slice_k else stages
+
+
+def max_block_m(warpgroups: int, slice_k: bool) -> int:
+    """The most tile rows `warpgroups` MMA warpgroups compile for (MAX_BLOCK_M), on K slices SLICED_MAX_BLOCK_M."""
+    return min(MAX_BLOCK_M[warpgroups], SLICED_MAX_BLOCK_M) if slice_k else MAX_BLOCK_M[warpgroups]
 
 
 def check_config(config: WsConfig) -> None:
     """A clear error for a config the kernel cannot build, naming what to change."""
     assert config.warpgroups in MAX_BLOCK_M, f"warpgroups must be one of {sorted(MAX_BLOCK_M)}, got {config.warpgroups}"
-    most_rows = min(MAX_BLOCK_M[config.warpgroups], SLICED_MAX_BLOCK_M if config.slice_k else MAX_BLOCK_M[2])
+    most_rows = max_block_m(config.warpgroups, config.slice_k)
     assert config.block_m <= most_rows, (
         f"{config.warpgroups} MMA warpgroups{' on K slices' if config.slice_k else ''} take tiles of up to {most_rows} "
         f"rows, got block_m={config.block_m}: use fewer warpgroups or smaller tiles")
@@ -510,8 +514,9 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     whole_tiles, units = split_layout(tiles, split_k, config.split_tail, sms)
     split = units > tiles
-    parts = config.block_n // COLUMNS_PER_WARPGROUP  # each 64-column part of a split tile counts on its own counter
-    assert parts * tiles <= MAX_TILES, f"{tiles} tiles of {parts} parts exceed {MAX_TILES} counters: use larger tiles"
+    # each 64-column part of a split tile counts on its own counter
+    assert config.parts * tiles <= MAX_TILES, (
+        f"{tiles} tiles of {config.parts} parts exceed {MAX_TILES} counters: use larger tiles")
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     tma_store = config.tma_store and n % 8 == 0  # TMA needs y's rows 16-byte aligned
     y_desc = (TensorDescriptor(y, [m, n], [n, 1], [config.block_m, COLUMNS_PER_WARPGROUP], x_layout) if tma_store
