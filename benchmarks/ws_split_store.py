@@ -31,7 +31,7 @@ MS = (32, 64, 128, 256)
 def flipped(config: configs.WsConfig) -> configs.WsConfig:
     """The config with y stored the other way, its ring as deep as it was or as fits beside the y tiles."""
     tma = not config.tma_store
-    stages = min(config.stages, gemm_ws.deepest_ring(config.block_m, config.warpgroups, tma))
+    stages = min(config.stages, gemm_ws.deepest_ring(config.block_m, config.warpgroups, tma, config.slice_k))
     return dataclasses.replace(config, tma_store=tma, stages=stages)
 
 
