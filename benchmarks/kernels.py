@@ -381,6 +381,10 @@ WS_WARPGROUPS = WARPGROUP_CHOICES
 # `gemm_ws.max_block_m` rows)
 SLICE_K_CHOICES = (False, True)
 WS_SLICE_K = SLICE_K_CHOICES
+# K cut across programs: by tile (WS_SPLITS, `split_tail`) or by stream-K's equal runs (`WsConfig.stream_k`, tried
+# where the tiles leave a partial wave)
+STREAM_K_CHOICES = (False, True)
+WS_STREAM_K = STREAM_K_CHOICES
 # The swapped GEMM is tuned and timed up to this M (it covers M > 256 in tiles of up to 256 rows)
 SWAPPED_MAX_M = 4096
 SMS = 132  # H100 SXM multiprocessors: the candidate filters aim at 1 to 16 waves of programs
@@ -450,18 +454,19 @@ def gemm_ws_candidates(m: int, n: int, k: int) -> list[WsConfig]:
         for block_m in sorted(b for b in block_ms if b <= gemm_ws.max_block_m(warpgroups, slice_k)):
             tiles = -(-m // block_m) * -(-n // WsConfig(block_m, warpgroups=warpgroups, slice_k=slice_k).block_n)
             tail_tiles = tiles % SMS if tiles > SMS else 0  # tiles past the last whole wave (`WsConfig.split_tail`)
-            for split in WS_SPLITS:
-                for split_tail in (False, True) if split > 1 else (False,):
-                    split_tiles = tail_tiles if split_tail else tiles
-                    if split > 1 and not (split <= blocks // 2 and 0 < split_tiles * split <= WS_MAX_WAVES * SMS):
-                        continue
-                    pairings = (False, True) if block_m <= WS_PAIRED_MAX_BLOCK_M else (False,)
-                    out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split,
-                                     split_tail=split_tail, paired_blocks=paired, tma_store=tma_store,
-                                     warpgroups=warpgroups, slice_k=slice_k)
-                            for tma_store in (False, True)
-                            for stages in ws_stages(block_m, warpgroups, tma_store, slice_k)
-                            for persistent in (False, True) for paired in pairings]
+            cuts = [(split, split_tail, False) for split in WS_SPLITS if False in WS_STREAM_K
+                    for split_tail in ((False, True) if split > 1 else (False,))
+                    if split == 1 or (split <= blocks // 2
+                                      and 0 < (tail_tiles if split_tail else tiles) * split <= WS_MAX_WAVES * SMS)]
+            cuts += [(1, False, True)] if True in WS_STREAM_K and tiles % SMS else []
+            pairings = (False, True) if block_m <= WS_PAIRED_MAX_BLOCK_M else (False,)
+            out += [WsConfig(block_m=block_m, stages=stages, persistent=persistent, split_k=split,
+                             split_tail=split_tail, paired_blocks=paired, tma_store=tma_store, warpgroups=warpgroups,
+                             slice_k=slice_k, stream_k=stream_k)
+                    for split, split_tail, stream_k in cuts
+                    for tma_store in (False, True)
+                    for stages in ws_stages(block_m, warpgroups, tma_store, slice_k)
+                    for persistent in (False, True) for paired in pairings]
     return out
 
 
@@ -512,7 +517,8 @@ def autotune(out_path: Path | None, kinds: tuple[str, ...], shapes: dict, ms: tu
                         fastest[kind] = time_ring(lambda xx, ww, c=type(cands[0])(**entry), f=fn: f(xx, ww, None, c),
                                                   ring, x, replays=5)
                     continue
-                if kind == "gemm_ws" and entry and (WS_WARPGROUPS, WS_SLICE_K) != (WARPGROUP_CHOICES, SLICE_K_CHOICES):
+                if kind == "gemm_ws" and entry and ((WS_WARPGROUPS, WS_SLICE_K, WS_STREAM_K)
+                                                    != (WARPGROUP_CHOICES, SLICE_K_CHOICES, STREAM_K_CHOICES)):
                     cands = [WsConfig(**entry), *cands]  # a subset of the candidates: the entry still competes
                 best, tried = None, []
                 for cfg in cands:
@@ -624,7 +630,7 @@ def format_row(r: dict) -> str:
 
 
 def main() -> None:
-    global WARM_ONLY, GEMM_STAGES, WS_WARPGROUPS, WS_SLICE_K
+    global WARM_ONLY, GEMM_STAGES, WS_WARPGROUPS, WS_SLICE_K, WS_STREAM_K
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--autotune", action="store_true", help="tune configs and write triton_kernels/configs/<gpu>.json")
     parser.add_argument("--check-only", action="store_true")
@@ -650,12 +656,16 @@ def main() -> None:
     parser.add_argument("--ws-slice-k", default=",".join(str(int(v)) for v in WS_SLICE_K),
                         help="1: warpgroups on K slices of a tile (WsConfig.slice_k), 0: on columns; --autotune tries "
                              "these (a subset keeps the current entry among the candidates)")
+    parser.add_argument("--ws-stream-k", default=",".join(str(int(v)) for v in WS_STREAM_K),
+                        help="1: K cut across programs in stream-K's equal runs (WsConfig.stream_k), 0: by tile "
+                             "splits; --autotune tries these (a subset keeps the current entry among the candidates)")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     WARM_ONLY = args.warm_only
     GEMM_STAGES = tuple(int(v) for v in args.gemm_stages.split(","))
     WS_WARPGROUPS = tuple(int(v) for v in args.ws_warpgroups.split(","))
     WS_SLICE_K = tuple(bool(int(v)) for v in args.ws_slice_k.split(","))
+    WS_STREAM_K = tuple(bool(int(v)) for v in args.ws_stream_k.split(","))
     part = tuple(int(v) for v in args.part.split("/"))
     assert len(part) == 2 and 0 <= part[0] < part[1], f"--part must be i/n with 0 <= i < n, got {args.part}"
     t0 = time.time()

@@ -111,6 +111,11 @@ class WsConfig:
     # at M = 256) fill them whole: a split's partials through L2 took 3.2-6.2 us of a 22-36 us layer on the H100
     # (benchmarks/README.md)
     slice_k: bool = False
+    # Stream-K's hybrid: the tiles of whole waves each in one program, the rest's K blocks laid end to end and cut
+    # into one equal run a program, a run reaching into the next tile where a tile's blocks run out (the pieces meet as
+    # split tiles do). Unlike `split_tail` every program gets the same work whatever the shape: 224 tiles on 132
+    # programs take 1.70 tile times, with a tile's K in 4 splits 1.75, 2 unsplit
+    stream_k: bool = False
 
     @property
     def parts(self) -> int:

@@ -25,6 +25,12 @@ its share). The splits meet as in `splitk.py`, in a fixed order by the last to f
 each 64-column part of a tile counts its splits on its own counter, so the warpgroups never wait for each other. The
 sum leaves as a whole tile's y does (through TMA with `tma_store`).
 
+With `WsConfig.stream_k` (stream-K's hybrid) the tiles of whole waves are whole units too, and the other tiles' K
+blocks, laid end to end, are cut into one equal run a program. A run that reaches the end of a tile's blocks goes on
+into the next tile, so a unit has segments (`_segment`), one a tile it reaches; a segment's piece of a tile meets the
+tile's other pieces as split tiles do, in the order of their runs. Every program then gets the same number of blocks
+whatever the shape: 224 tiles on 132 programs take 1.70 tile times, against 1.75 with the last wave's K in 4 splits.
+
 With `WsConfig.slice_k` the MMA warpgroups share one tile of 64 weight columns and take turns over its K blocks:
 warpgroup g reads the ring positions p with p % warpgroups == g, so each reads buffers of the ring of its own (the
 ring's depth is then a multiple of the warpgroups: an mbarrier's phase parity only says whether the next phase is
@@ -84,46 +90,82 @@ LOAD_REGS = gl.constexpr(LOAD_REGISTERS)
 
 
 @gluon.jit
-def _work_unit(unit, whole_tiles, tiles_m, split_k, blocks_per_split, n_blocks, BLOCK_M: gl.constexpr,
-               BLOCK_N: gl.constexpr):
-    """Work unit -> (output tile, its first row, its first weight column, its split, its blocks [b_start, b_end),
-    whether the tile is split). Units below `whole_tiles` are whole tiles (all of K); past them each tile is split_k
-    units. Splits of one tile are neighbours, then M tiles, so the programs that share a weight tile run together."""
-    split = unit >= whole_tiles
+def _unit_blocks(unit, whole_tiles, split_k, blocks_per_split, span, n_blocks, total_blocks, STREAM_K: gl.constexpr):
+    """Work unit -> its K blocks [lo, hi) in the launch's order of blocks (tile t's block b is t n_blocks + b). Units
+    below `whole_tiles` are whole tiles; past them each tile is split_k units of a split_k-th of its blocks, or
+    (STREAM_K) each unit is the next `span` blocks of the split tiles' run, reaching into the next tile where a tile's
+    blocks run out. Splits of one tile are neighbours, then M tiles, so the programs that share a weight tile run
+    together."""
     past = gl.maximum(unit - whole_tiles, 0)  # the unit's place among the split ones
-    tile = gl.where(split, whole_tiles + past // split_k, unit)
-    pid_k = gl.where(split, past % split_k, 0)
-    b_start = pid_k * blocks_per_split
-    b_end = gl.where(split, gl.minimum(b_start + blocks_per_split, n_blocks), n_blocks)
-    return tile, (tile % tiles_m) * BLOCK_M, (tile // tiles_m) * BLOCK_N, pid_k, b_start, b_end, split
+    if STREAM_K:
+        lo = whole_tiles * n_blocks + past * span
+        hi = gl.minimum(lo + span, total_blocks)
+    else:
+        tile = whole_tiles + past // split_k
+        pid_k = past % split_k
+        lo = tile * n_blocks + pid_k * blocks_per_split
+        hi = tile * n_blocks + gl.minimum((pid_k + 1) * blocks_per_split, n_blocks)
+    whole = unit < whole_tiles
+    return gl.where(whole, unit * n_blocks, lo), gl.where(whole, (unit + 1) * n_blocks, hi)
 
 
 @gluon.jit
-def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k,
-                    whole_tiles, units, first_unit, unit_step):
-    """The load warp: block b of each of the program's work units, its x tile (two 64-column boxes) and the words
-    of each 64-column part of the tile, into the next buffer of the ring."""
+def _segments(lo, hi, n_blocks):
+    """How many tiles the blocks [lo, hi) of a unit reach into: its segments, one a tile."""
+    return gl.where(hi > lo, (hi - 1) // n_blocks - lo // n_blocks + 1, 0)
+
+
+@gluon.jit
+def _segment(unit, lo, hi, i, whole_tiles, split_k, blocks_per_split, span, n_blocks, tiles_m, BLOCK_M: gl.constexpr,
+             BLOCK_N: gl.constexpr, STREAM_K: gl.constexpr):
+    """Segment i of the unit of blocks [lo, hi) -> (output tile, its first row, its first weight column, its blocks
+    [b_start, b_end), this segment's place among the units that reach into the tile (`slot`: its partial's), how many
+    do (`count`: 1 for a tile done in one piece))."""
+    tile = lo // n_blocks + i
+    b_start = gl.maximum(lo - tile * n_blocks, 0)
+    b_end = gl.minimum(hi - tile * n_blocks, n_blocks)
+    tail = tile - whole_tiles  # the tile's place among the split ones
+    if STREAM_K:
+        first = tail * n_blocks // span  # the first of the split units to reach into the tile
+        count = ((tail + 1) * n_blocks - 1) // span - first + 1
+        slot = unit - whole_tiles - first
+    else:
+        count = split_k
+        slot = b_start // blocks_per_split
+    count = gl.where(tail >= 0, count, 1)
+    return tile, (tile % tiles_m) * BLOCK_M, (tile // tiles_m) * BLOCK_N, b_start, b_end, slot, count
+
+
+@gluon.jit
+def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k, span,
+                    whole_tiles, units, first_unit, unit_step, STREAM_K: gl.constexpr):
+    """The load warp: block b of each segment of the program's work units, its x tile (two 64-column boxes) and the
+    words of each 64-column part of the tile, into the next buffer of the ring."""
     STAGES: gl.constexpr = ready.type.shape[0]
     PARTS: gl.constexpr = w_bufs.type.shape[0] // STAGES  # the tile's 64-column parts
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = PARTS * WG_COLUMNS
     nbytes: gl.constexpr = 2 * x_desc.block_type.nbytes + PARTS * w_desc.block_type.nbytes
     tiles_m = gl.cdiv(M, BLOCK_M)
+    total_blocks = gl.cdiv(N, BLOCK_N) * tiles_m * n_blocks
     it = 0  # blocks loaded so far: the ring position
     for unit in range(first_unit, units, unit_step):
-        tile, off_m, off_n, pid_k, b_start, b_end, split = _work_unit(unit, whole_tiles, tiles_m, split_k,
-                                                                       blocks_per_split, n_blocks, BLOCK_M, BLOCK_N)
-        for b in range(b_start, b_end):
-            s = it % STAGES
-            mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # the ring starts empty: phase 1 passes
-            bar = ready.index(s)
-            mbarrier.expect(bar, nbytes)
-            tma.async_copy_global_to_shared(x_desc, [off_m, b * 128], bar, x_bufs.index(2 * s))
-            tma.async_copy_global_to_shared(x_desc, [off_m, b * 128 + X_BOX_K], bar, x_bufs.index(2 * s + 1))
-            for g in gl.static_range(PARTS):  # each part's (64, 16) words in a buffer of their own
-                tma.async_copy_global_to_shared(w_desc, [b * N + off_n + g * WG_COLUMNS, 0], bar,
-                                                w_bufs.index(s * PARTS + g))
-            it += 1
+        lo, hi = _unit_blocks(unit, whole_tiles, split_k, blocks_per_split, span, n_blocks, total_blocks, STREAM_K)
+        for i in range(_segments(lo, hi, n_blocks)):
+            tile, off_m, off_n, b_start, b_end, slot, count = _segment(unit, lo, hi, i, whole_tiles, split_k,
+                                                                       blocks_per_split, span, n_blocks, tiles_m,
+                                                                       BLOCK_M, BLOCK_N, STREAM_K)
+            for b in range(b_start, b_end):
+                s = it % STAGES
+                mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # the ring starts empty: phase 1 passes
+                bar = ready.index(s)
+                mbarrier.expect(bar, nbytes)
+                tma.async_copy_global_to_shared(x_desc, [off_m, b * 128], bar, x_bufs.index(2 * s))
+                tma.async_copy_global_to_shared(x_desc, [off_m, b * 128 + X_BOX_K], bar, x_bufs.index(2 * s + 1))
+                for g in gl.static_range(PARTS):  # each part's (64, 16) words in a buffer of their own
+                    tma.async_copy_global_to_shared(w_desc, [b * N + off_n + g * WG_COLUMNS, 0], bar,
+                                                    w_bufs.index(s * PARTS + g))
+                it += 1
 
 
 @gluon.jit
@@ -219,35 +261,37 @@ def _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym,
 
 
 @gluon.jit
-def _merge_splits(acc, y_ptr, y_desc, y_bufs, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k, split_k, has_bias,
-                  M, N, stride_ym, off_m, col0, PART: gl.constexpr, PARTS: gl.constexpr, TMA_STORE: gl.constexpr):
-    """A split tile's 64-column part meets its other splits as in `splitk.py`: publish this split's float32
-    partial, count in on the part's own counter behind the warpgroup's own barrier; the last to arrive sums the
-    partials in split order (its own from its registers where that keeps the order), writes y as a whole tile does
-    (through shared memory and TMA with TMA_STORE) and resets the counter. The partials are tile-local, in the
-    accumulator's (column, row) order: split s of part PART of the i-th split tile at ((i split_k + s) PARTS + PART)
-    64 BLOCK_M floats. So they need no mask, and the workspace holds the split tiles only."""
+def _merge_splits(acc, y_ptr, y_desc, y_bufs, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, slot, count, slots,
+                  has_bias, M, N, stride_ym, off_m, col0, PART: gl.constexpr, PARTS: gl.constexpr,
+                  TMA_STORE: gl.constexpr):
+    """A split tile's 64-column part meets the tile's other `count` - 1 pieces as in `splitk.py`: publish this
+    piece's float32 partial, count in on the part's own counter behind the warpgroup's own barrier; the last to
+    arrive sums the partials in slot order (its own from its registers where that keeps the order), writes y as a
+    whole tile does (through shared memory and TMA with TMA_STORE) and resets the counter. The partials are
+    tile-local, in the accumulator's (column, row) order: slot s of part PART of the i-th split tile at
+    ((i slots + s) PARTS + PART) 64 BLOCK_M floats. So they need no mask, and the workspace holds the split tiles
+    only."""
     layout: gl.constexpr = acc.type.layout
     BLOCK_M: gl.constexpr = acc.type.shape[1]
     local = (gl.expand_dims(gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1) * BLOCK_M
              + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0))  # (64, BLOCK_M)
     part_floats: gl.constexpr = WG_COLUMNS * BLOCK_M
-    first = ws_ptr + (((tile - whole_tiles) * split_k * PARTS + PART).to(gl.int64) * part_floats)  # split 0
-    gl.store(first + pid_k * (PARTS * part_floats) + local, acc)
+    first = ws_ptr + (((tile - whole_tiles) * slots * PARTS + PART).to(gl.int64) * part_floats)  # slot 0
+    slot_stride = PARTS * part_floats
+    gl.store(first + slot * slot_stride + local, acc)
     gl.thread_barrier()  # every thread's partial is written before the counter says so
     counter = count_ptr + PARTS * tile + PART
-    if gl.atomic_add(counter, 1, sem="acq_rel") == split_k - 1:
-        # The sum in split order, ((p0 + p1) + p2) + ..., whoever is last: split 0 or 1 adds the other of the two to
-        # its own partial in its registers (p0 + p1 and p1 + p0 are the same bits), a later split starts from p0
+    if gl.atomic_add(counter, 1, sem="acq_rel") == count - 1:
+        # The sum in slot order, ((p0 + p1) + p2) + ..., whoever is last: slot 0 or 1 adds the other of the two to
+        # its own partial in its registers (p0 + p1 and p1 + p0 are the same bits), a later slot starts from p0
         # (.cg: from L2, where the other programs' partials are)
-        split_stride = PARTS * part_floats
-        if pid_k < 2:
-            acc += gl.load(first + (1 - pid_k) * split_stride + local, cache_modifier=".cg")
+        if slot < 2:
+            acc += gl.load(first + (1 - slot) * slot_stride + local, cache_modifier=".cg")
         else:
             acc = gl.load(first + local, cache_modifier=".cg")
-            acc += gl.load(first + split_stride + local, cache_modifier=".cg")
-        for s in range(2, split_k):
-            acc += gl.load(first + s * split_stride + local, cache_modifier=".cg")
+            acc += gl.load(first + slot_stride + local, cache_modifier=".cg")
+        for s in range(2, count):
+            acc += gl.load(first + s * slot_stride + local, cache_modifier=".cg")
         gl.atomic_xchg(counter, 0)
         _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, PART, TMA_STORE)
 
@@ -273,15 +317,15 @@ def _sum_slices(acc, red_bufs, red_ready, red_free, phase, WG: gl.constexpr, WAR
 
 @gluon.jit
 def _mma_partition(args, WG: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl.constexpr, SPLIT: gl.constexpr,
-                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr):
-    """One MMA warpgroup: of each of the program's work units, weight columns 64 WG .. 64 WG + 63 against the
-    tile's BLOCK_M rows of x over the unit's blocks; with SLICE_K, the tile's only 64 columns over every
-    WARPGROUPS-th of the unit's blocks (those in its buffers of the ring), the slices then summed (`_sum_slices`) and
-    stored by warpgroup 0. `args` are the kernel's values every warpgroup shares. (Sizes come from the buffers'
+                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr, STREAM_K: gl.constexpr):
+    """One MMA warpgroup: of each segment of the program's work units, weight columns 64 WG .. 64 WG + 63 against
+    the tile's BLOCK_M rows of x over the segment's blocks; with SLICE_K, the tile's only 64 columns over every
+    WARPGROUPS-th of the segment's blocks (those in its buffers of the ring), the slices then summed (`_sum_slices`)
+    and stored by warpgroup 0. `args` are the kernel's values every warpgroup shares. (Sizes come from the buffers'
     shapes: a constexpr passed through `warp_specialize` in a variable arrives as a value.)"""
     (x_bufs, w_bufs, y_bufs, red_bufs, ready, empty, red_ready, red_free, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr,
-     bias_ptr, M, N, stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units,
-     first_unit, unit_step) = args
+     bias_ptr, M, N, stride_ym, n_blocks, blocks_per_split, split_k, span, slots, blocks_per_group, has_bias,
+     whole_tiles, units, first_unit, unit_step) = args
     STAGES: gl.constexpr = ready.type.shape[0]
     PARTS: gl.constexpr = w_bufs.type.shape[0] // STAGES  # the tile's 64-column parts: 1 with SLICE_K
     PART: gl.constexpr = WG % PARTS  # this warpgroup's part
@@ -296,84 +340,92 @@ def _mma_partition(args, WG: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=2)
     tiles_m = gl.cdiv(M, BLOCK_M)
-    it = 0  # the ring position of the unit's first block
-    done = 0  # units finished
+    total_blocks = gl.cdiv(N, BLOCK_N) * tiles_m * n_blocks
+    it = 0  # the ring position of the segment's first block
+    done = 0  # segments finished
     for unit in range(first_unit, units, unit_step):
-        tile, off_m, off_n, pid_k, b_start, b_end, split = _work_unit(unit, whole_tiles, tiles_m, split_k,
-                                                                       blocks_per_split, n_blocks, BLOCK_M, BLOCK_N)
-        col0 = off_n + PART * WG_COLUMNS
-        zs_cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, a_layout)), 1)  # (64, 1)
-        acc = gl.zeros((WG_COLUMNS, BLOCK_M), gl.float32, layout=mma_layout)  # y^T tile
-        first = b_start + (KFIRST + KSTEP - it % KSTEP) % KSTEP  # this warpgroup's first block (KSTEP apart)
-        last = b_end - 1  # past it, the zero point and scale loads take the unit's last block again
-        # The zero point and scale words two of the warpgroup's blocks ahead: at M <= 128 a block's MMAs take less
-        # than a load from memory (H100, 8192x8192 M=128: 43.1 us one block ahead, 38.7 two, 39.0 three, 36.4 never
-        # reloaded)
-        zs_this = _zero_scale_words(zs_ptr, gl.minimum(first, last), blocks_per_group, N, zs_cols)
-        zs_next = _zero_scale_words(zs_ptr, gl.minimum(first + KSTEP, last), blocks_per_group, N, zs_cols)
-        b = first
-        if PAIRED:
-            # Two blocks an iteration into two accumulators: the second block is dequantised while the first
-            # one's MMAs run, and one wait covers both (the wait must still come before the loop's back-edge)
-            acc2 = gl.zeros_like(acc)
-            for b0 in range(first, b_end - KSTEP, 2 * KSTEP):
-                zs_first = zs_this
-                zs_second = zs_next
-                zs_this = _zero_scale_words(zs_ptr, gl.minimum(b0 + 2 * KSTEP, last), blocks_per_group, N, zs_cols)
-                zs_next = _zero_scale_words(zs_ptr, gl.minimum(b0 + 3 * KSTEP, last), blocks_per_group, N, zs_cols)
-                p0 = it + b0 - b_start  # ring positions
-                p1 = p0 + KSTEP
-                s0 = p0 % STAGES
-                s1 = p1 % STAGES
-                acc = _block_product(acc, x_bufs, w_bufs, ready, s0, (p0 // STAGES) & 1, zs_first, a_layout, PART)
-                acc2 = _block_product(acc2, x_bufs, w_bufs, ready, s1, (p1 // STAGES) & 1, zs_second, a_layout, PART)
-                acc, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, acc2))
-                fence_async_shared()  # our shared reads come before the load warp's next copies into the buffers
-                mbarrier.arrive(empty.index(s0), count=1)
-                mbarrier.arrive(empty.index(s1), count=1)
-            # an odd count's last block, one at a time below
-            b = first + gl.maximum(gl.cdiv(b_end - first, KSTEP), 0) // 2 * (2 * KSTEP)
-            acc += acc2
-        for b in range(b, b_end, KSTEP):
-            p = it + b - b_start
-            s = p % STAGES
-            zs_word = zs_this
-            zs_this = zs_next
-            zs_next = _zero_scale_words(zs_ptr, gl.minimum(b + 2 * KSTEP, last), blocks_per_group, N, zs_cols)
-            acc = _block_product(acc, x_bufs, w_bufs, ready, s, (p // STAGES) & 1, zs_word, a_layout, PART)
-            # all of the block's MMAs done before the next block (MMAs left in flight across the loop's back-edge
-            # make ptxas serialise every one of them, C7515, as in `gemm_swapped.py`)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            fence_async_shared()  # our shared reads come before the load warp's next copy into the buffer
-            mbarrier.arrive(empty.index(s), count=1)
-        it += b_end - b_start
-        if SLICE_K:
-            acc = _sum_slices(acc, red_bufs, red_ready, red_free, done & 1, WG, WARPGROUPS)
-        done += 1
-        if WG < PARTS:  # every warpgroup stores its part, or with SLICE_K warpgroup 0 the tile
-            if SPLIT:
-                if split:
-                    _merge_splits(acc, y_ptr, y_desc, y_bufs, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, pid_k,
-                                  split_k, has_bias, M, N, stride_ym, off_m, col0, PART, PARTS, TMA_STORE)
+        lo, hi = _unit_blocks(unit, whole_tiles, split_k, blocks_per_split, span, n_blocks, total_blocks, STREAM_K)
+        for i in range(_segments(lo, hi, n_blocks)):
+            tile, off_m, off_n, b_start, b_end, slot, count = _segment(unit, lo, hi, i, whole_tiles, split_k,
+                                                                       blocks_per_split, span, n_blocks, tiles_m,
+                                                                       BLOCK_M, BLOCK_N, STREAM_K)
+            col0 = off_n + PART * WG_COLUMNS
+            zs_cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, a_layout)), 1)  # (64, 1)
+            acc = gl.zeros((WG_COLUMNS, BLOCK_M), gl.float32, layout=mma_layout)  # y^T tile
+            first = b_start + (KFIRST + KSTEP - it % KSTEP) % KSTEP  # this warpgroup's first block (KSTEP apart)
+            last = b_end - 1  # past it, the zero point and scale loads take the segment's last block again
+            # The zero point and scale words two of the warpgroup's blocks ahead: at M <= 128 a block's MMAs take less
+            # than a load from memory (H100, 8192x8192 M=128: 43.1 us one block ahead, 38.7 two, 39.0 three, 36.4 never
+            # reloaded)
+            zs_this = _zero_scale_words(zs_ptr, gl.minimum(first, last), blocks_per_group, N, zs_cols)
+            zs_next = _zero_scale_words(zs_ptr, gl.minimum(first + KSTEP, last), blocks_per_group, N, zs_cols)
+            b = first
+            if PAIRED:
+                # Two blocks an iteration into two accumulators: the second block is dequantised while the first
+                # one's MMAs run, and one wait covers both (the wait must still come before the loop's back-edge)
+                acc2 = gl.zeros_like(acc)
+                for b0 in range(first, b_end - KSTEP, 2 * KSTEP):
+                    zs_first = zs_this
+                    zs_second = zs_next
+                    zs_this = _zero_scale_words(zs_ptr, gl.minimum(b0 + 2 * KSTEP, last), blocks_per_group, N, zs_cols)
+                    zs_next = _zero_scale_words(zs_ptr, gl.minimum(b0 + 3 * KSTEP, last), blocks_per_group, N, zs_cols)
+                    p0 = it + b0 - b_start  # ring positions
+                    p1 = p0 + KSTEP
+                    s0 = p0 % STAGES
+                    s1 = p1 % STAGES
+                    acc = _block_product(acc, x_bufs, w_bufs, ready, s0, (p0 // STAGES) & 1, zs_first, a_layout,
+                                         PART)
+                    acc2 = _block_product(acc2, x_bufs, w_bufs, ready, s1, (p1 // STAGES) & 1, zs_second, a_layout,
+                                          PART)
+                    acc, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, acc2))
+                    fence_async_shared()  # our shared reads come before the load warp's next copies into the buffers
+                    mbarrier.arrive(empty.index(s0), count=1)
+                    mbarrier.arrive(empty.index(s1), count=1)
+                # an odd count's last block, one at a time below
+                b = first + gl.maximum(gl.cdiv(b_end - first, KSTEP), 0) // 2 * (2 * KSTEP)
+                acc += acc2
+            for b in range(b, b_end, KSTEP):
+                p = it + b - b_start
+                s = p % STAGES
+                zs_word = zs_this
+                zs_this = zs_next
+                zs_next = _zero_scale_words(zs_ptr, gl.minimum(b + 2 * KSTEP, last), blocks_per_group, N, zs_cols)
+                acc = _block_product(acc, x_bufs, w_bufs, ready, s, (p // STAGES) & 1, zs_word, a_layout, PART)
+                # all of the block's MMAs done before the next block (MMAs left in flight across the loop's back-edge
+                # make ptxas serialise every one of them, C7515, as in `gemm_swapped.py`)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                fence_async_shared()  # our shared reads come before the load warp's next copy into the buffer
+                mbarrier.arrive(empty.index(s), count=1)
+            it += b_end - b_start
+            if SLICE_K:
+                acc = _sum_slices(acc, red_bufs, red_ready, red_free, done & 1, WG, WARPGROUPS)
+            done += 1
+            if WG < PARTS:  # every warpgroup stores its part, or with SLICE_K warpgroup 0 the tile
+                if SPLIT:
+                    if count > 1:
+                        _merge_splits(acc, y_ptr, y_desc, y_bufs, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, slot,
+                                      count, slots, has_bias, M, N, stride_ym, off_m, col0, PART, PARTS, TMA_STORE)
+                    else:
+                        _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, PART,
+                                    TMA_STORE)
                 else:
                     _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, PART,
                                 TMA_STORE)
-            else:
-                _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym, off_m, col0, PART,
-                            TMA_STORE)
     if TMA_STORE:
         tma.store_wait(0)  # the last copy done before the program ends
 
 
 @gluon.jit
 def gemm_ws_kernel(x_desc, w_desc, y_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                   blocks_per_split, split_k, blocks_per_group, has_bias, whole_tiles, units, BLOCK_M: gl.constexpr,
-                   STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr, SPLIT: gl.constexpr,
-                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl.constexpr):
-    """`units` work units (`_work_unit`): tiles of (BLOCK_M rows of x) x (64 WARPGROUPS weight columns, or 64 with
+                   blocks_per_split, split_k, span, slots, blocks_per_group, has_bias, whole_tiles, units,
+                   BLOCK_M: gl.constexpr, STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr,
+                   SPLIT: gl.constexpr, PAIRED: gl.constexpr, TMA_STORE: gl.constexpr, WARPGROUPS: gl.constexpr,
+                   SLICE_K: gl.constexpr, STREAM_K: gl.constexpr):
+    """`units` work units (`_unit_blocks`): tiles of (BLOCK_M rows of x) x (64 WARPGROUPS weight columns, or 64 with
     SLICE_K), the first `whole_tiles` over all of K and each later one as split_k units over a split_k-th of the K
-    blocks. One unit a program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit
-    to the next."""
+    blocks, or (STREAM_K) the later tiles' blocks in runs of `span`, each tile meeting at most `slots` of them. One
+    unit a program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the
+    next."""
     PARTS: gl.constexpr = 1 if SLICE_K else WARPGROUPS  # the tile's 64-column parts
     x_bufs = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, X_BOX_K], x_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES * PARTS, WG_COLUMNS, 16], w_desc.layout)
@@ -400,26 +452,26 @@ def gemm_ws_kernel(x_desc, w_desc, y_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bia
     first_unit = gl.program_id(0)
     unit_step = gl.num_programs(0) if PERSISTENT else units
     shared = (x_bufs, w_bufs, y_bufs, red_bufs, ready, empty, red_ready, red_free, zs_ptr, y_ptr, y_desc, ws_ptr,
-              count_ptr, bias_ptr, M, N, stride_ym, n_blocks, blocks_per_split, split_k, blocks_per_group, has_bias,
-              whole_tiles, units, first_unit, unit_step)
-    load = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k, whole_tiles, units,
-            first_unit, unit_step)
+              count_ptr, bias_ptr, M, N, stride_ym, n_blocks, blocks_per_split, split_k, span, slots, blocks_per_group,
+              has_bias, whole_tiles, units, first_unit, unit_step)
+    load = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k, span, whole_tiles,
+            units, first_unit, unit_step, STREAM_K)
     # One partition per MMA warpgroup, the first in the kernel's own 4 warps, each with its constexprs written out
     if WARPGROUPS == 2:
-        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
+                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
                             (_load_partition, load)], [4, 1], [MMA_REGS, LOAD_REGS])
     elif WARPGROUPS == 3:
-        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 2, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
+                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
+                            (_mma_partition, (shared, 2, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
                             (_load_partition, load)], [4, 4, 1], [MMA_REGS, MMA_REGS, LOAD_REGS])
     else:
         gl.static_assert(WARPGROUPS == 4, "2, 3 or 4 MMA warpgroups")
-        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 2, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
-                            (_mma_partition, (shared, 3, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE)),
+        gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
+                            (_mma_partition, (shared, 1, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
+                            (_mma_partition, (shared, 2, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
+                            (_mma_partition, (shared, 3, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
                             (_load_partition, load)], [4, 4, 4, 1], [MMA_REGS, MMA_REGS, MMA_REGS, LOAD_REGS])
 
 
@@ -428,6 +480,19 @@ def split_layout(tiles: int, split_k: int, split_tail: bool, wave: int) -> tuple
     once: every tile split, or (split_tail) only the tiles past the last whole wave."""
     whole = tiles // wave * wave if split_tail and split_k > 1 else 0
     return whole, whole + (tiles - whole) * split_k
+
+
+def stream_k_layout(tiles: int, n_blocks: int, wave: int) -> tuple[int, int, int, int]:
+    """(whole tiles, work units, blocks a split unit, partials a split tile has room for) of stream-K's hybrid on `wave`
+    programs: the tiles of whole waves each in one unit, the rest's `n_blocks` K blocks a tile laid end to end and cut
+    into one run of equal length a program. A run may reach into the next tile, so a tile meets up to
+    cdiv(n_blocks - 1, span) + 1 runs (its partials' slots)."""
+    whole = tiles // wave * wave
+    run = (tiles - whole) * n_blocks
+    if run == 0:
+        return whole, whole, n_blocks, 1
+    span = triton.cdiv(run, wave)
+    return whole, whole + triton.cdiv(run, span), span, triton.cdiv(n_blocks - 1, span) + 1
 
 
 def stage_bytes(block_m: int, parts: int = 2) -> int:
@@ -476,6 +541,9 @@ def check_config(config: WsConfig) -> None:
     assert not config.paired_blocks or config.stages >= 2 * turns, (
         f"paired blocks hold two of a warpgroup's buffers at once: stages must be at least {2 * turns}, got "
         f"{config.stages}")
+    assert not config.stream_k or (config.split_k == 1 and not config.split_tail), (
+        f"stream_k cuts K across programs itself: leave split_k at 1 and split_tail off, got split_k={config.split_k}, "
+        f"split_tail={config.split_tail}")
     assert shared_bytes(config) <= BUFFER_BYTES, (
         f"{config} needs {shared_bytes(config)} bytes of shared memory, over {BUFFER_BYTES}: use fewer "
         f"stages (at most {deepest_ring(config.block_m, config.warpgroups, config.tma_store, config.slice_k)})")
@@ -512,8 +580,12 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     blocks_per_split, split_k = k_splits(n_blocks, config.split_k)
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-    whole_tiles, units = split_layout(tiles, split_k, config.split_tail, sms)
-    split = units > tiles
+    if config.stream_k:
+        whole_tiles, units, span, slots = stream_k_layout(tiles, n_blocks, sms)
+    else:
+        whole_tiles, units = split_layout(tiles, split_k, config.split_tail, sms)
+        span, slots = blocks_per_split, split_k
+    split = whole_tiles < tiles and slots > 1
     # each 64-column part of a split tile counts on its own counter
     assert config.parts * tiles <= MAX_TILES, (
         f"{tiles} tiles of {config.parts} parts exceed {MAX_TILES} counters: use larger tiles")
@@ -521,15 +593,16 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     tma_store = config.tma_store and n % 8 == 0  # TMA needs y's rows 16-byte aligned
     y_desc = (TensorDescriptor(y, [m, n], [n, 1], [config.block_m, COLUMNS_PER_WARPGROUP], x_layout) if tma_store
               else x_desc)  # x's layout: (block_m, 64) fp16 both
-    # each split tile's (split_k, block_n, block_m) float32 partials
-    workspace = (torch.empty((tiles - whole_tiles) * split_k * config.block_n * config.block_m, device=x.device,
+    # each split tile's (slots, block_n, block_m) float32 partials
+    workspace = (torch.empty((tiles - whole_tiles) * slots * config.block_n * config.block_m, device=x.device,
                              dtype=torch.float32) if split else y)
     counters = arrival_counters(x.device) if split else y
     grid = (min(units, sms) if config.persistent else units,)
     gemm_ws_kernel[grid](x_desc, w_desc, y_desc, weight.zero_scales, y, workspace, counters,
                          bias if bias is not None else y, m, n, y.stride(0), n_blocks, blocks_per_split, split_k,
-                         weight.group_size // PACK_K, bias is not None, whole_tiles, units, BLOCK_M=config.block_m,
-                         STAGES=config.stages, MMA_REGS=config.mma_registers or mma_register_budget(config.warpgroups),
+                         span, slots, weight.group_size // PACK_K, bias is not None, whole_tiles, units,
+                         BLOCK_M=config.block_m, STAGES=config.stages,
+                         MMA_REGS=config.mma_registers or mma_register_budget(config.warpgroups),
                          PERSISTENT=config.persistent, SPLIT=split, PAIRED=config.paired_blocks, TMA_STORE=tma_store,
-                         WARPGROUPS=config.warpgroups, SLICE_K=config.slice_k, num_warps=4)
+                         WARPGROUPS=config.warpgroups, SLICE_K=config.slice_k, STREAM_K=config.stream_k, num_warps=4)
     return y

@@ -114,7 +114,9 @@ def test_k_slices_share_one_64_column_tile():
     (configs.WsConfig(256, 2, slice_k=True), "on K slices take tiles of up to 128 rows"),
     (configs.WsConfig(128, 5, slice_k=True), "stages must be a multiple of 2"),
     (configs.WsConfig(128, 3, warpgroups=3, paired_blocks=True, slice_k=True), "stages must be at least 6"),
-], ids=["3wg_256rows", "4wg_128rows", "5wg", "sliced_256rows", "sliced_odd_ring", "sliced_paired_short_ring"])
+    (configs.WsConfig(128, 4, split_k=2, stream_k=True), "leave split_k at 1 and split_tail off"),
+], ids=["3wg_256rows", "4wg_128rows", "5wg", "sliced_256rows", "sliced_odd_ring", "sliced_paired_short_ring",
+        "stream_k_and_split"])
 def test_check_config_names_what_to_change(config, message):
     with pytest.raises(AssertionError, match=message):
         gemm_ws.check_config(config)
@@ -205,6 +207,46 @@ def test_split_layout_balances_the_last_wave():
     assert longest_program(224, 4, False) == (pytest.approx(1.75), 224 * 4)
 
 
+@pytest.mark.parametrize("tiles, n_blocks, whole, units, span, slots", [
+    (224, 64, 132, 132 + 131, 45, 3),  # 28672x8192 M=256 in 256 x 128 tiles: 92 tiles' 5888 blocks in runs of 45
+    (230, 32, 132, 132 + 131, 24, 3),  # 22016x4096 M=256 in 128 x 192 tiles
+    (64, 224, 0, 132, 109, 4),  # fewer tiles than programs: every tile's blocks in the runs
+    (264, 32, 264, 264, 32, 1),  # whole waves only: nothing cut
+    (150, 1, 132, 150, 1, 1),  # one block a tile: every run holds whole tiles
+])
+def test_stream_k_layout_gives_every_program_one_run(tiles, n_blocks, whole, units, span, slots):
+    assert gemm_ws.stream_k_layout(tiles, n_blocks, 132) == (whole, units, span, slots)
+
+
+@pytest.mark.parametrize("tiles, n_blocks", [(224, 64), (230, 32), (64, 224), (150, 16), (133, 11), (7, 3), (896, 64)])
+def test_stream_k_runs_cover_each_tile_once_within_its_slots(tiles, n_blocks):
+    """The units as `gemm_ws._unit_blocks` lays them out: whole tiles, then runs of `span` blocks of the rest laid end
+    to end. Every K block of every tile falls in exactly one unit, no tile meets more runs than its partials have
+    slots, and with a persistent grid (program p takes units p, p + 132, ...) no program has more than a whole wave's
+    share of blocks plus one block."""
+    wave = 132
+    whole, units, span, slots = gemm_ws.stream_k_layout(tiles, n_blocks, wave)
+    covered = [[0] * n_blocks for _ in range(tiles)]
+    runs_of_tile = [set() for _ in range(tiles)]
+    work = [0] * wave
+    for unit in range(units):
+        if unit < whole:
+            lo, hi = unit * n_blocks, (unit + 1) * n_blocks
+        else:
+            lo = whole * n_blocks + (unit - whole) * span
+            hi = min(lo + span, tiles * n_blocks)
+        assert lo < hi, f"unit {unit} is empty"
+        work[unit % wave] += hi - lo
+        for block in range(lo, hi):
+            covered[block // n_blocks][block % n_blocks] += 1
+            runs_of_tile[block // n_blocks].add(unit)
+    assert all(c == 1 for row in covered for c in row)
+    assert max(len(r) for r in runs_of_tile) <= slots
+    assert max(work) <= -(-tiles * n_blocks // wave) + 1
+    if tiles == 224:  # 1.70 tile times a program, against 1.75 with the tail's K in 4 splits and 2 unsplit
+        assert max(work) / n_blocks == pytest.approx(1.70, abs=0.01)
+
+
 def test_shared_bytes_count_the_tma_store_tiles():
     plain, tma = configs.WsConfig(256, 2), configs.WsConfig(256, 2, tma_store=True)
     assert gemm_ws.shared_bytes(tma) - gemm_ws.shared_bytes(plain) == 2 * 256 * 64 * 2  # two (256, 64) fp16 tiles
@@ -242,13 +284,19 @@ CONFIGS = [configs.WsConfig(256, 3, False), configs.WsConfig(128, 4, True), conf
            configs.WsConfig(128, 4, False, slice_k=True),
            configs.WsConfig(64, 8, True, split_k=2, paired_blocks=True, tma_store=True, slice_k=True),
            configs.WsConfig(128, 3, True, split_k=3, split_tail=True, tma_store=True, warpgroups=3, slice_k=True),
-           configs.WsConfig(32, 8, False, split_k=2, paired_blocks=True, warpgroups=4, slice_k=True)]
+           configs.WsConfig(32, 8, False, split_k=2, paired_blocks=True, warpgroups=4, slice_k=True),
+           # stream-K's runs across tiles: persistent or not, TMA, paired, three warpgroups, K slices
+           configs.WsConfig(128, 4, True, stream_k=True), configs.WsConfig(256, 2, False, tma_store=True, stream_k=True),
+           configs.WsConfig(64, 8, True, paired_blocks=True, tma_store=True, stream_k=True),
+           configs.WsConfig(128, 4, True, tma_store=True, warpgroups=3, stream_k=True),
+           configs.WsConfig(128, 4, False, tma_store=True, slice_k=True, stream_k=True)]
 
 
 def _config_id(c: configs.WsConfig) -> str:
     return (f"{c.block_m}x{c.stages}{'p' if c.persistent else ''}" + (f"s{c.split_k}" if c.split_k > 1 else "")
             + ("t" if c.split_tail else "") + ("x2" if c.paired_blocks else "") + ("tma" if c.tma_store else "")
-            + (f"w{c.warpgroups}" if c.warpgroups != 2 else "") + ("k" if c.slice_k else ""))
+            + (f"w{c.warpgroups}" if c.warpgroups != 2 else "") + ("k" if c.slice_k else "")
+            + ("sk" if c.stream_k else ""))
 
 
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
@@ -282,6 +330,9 @@ def test_matches_float64_reference(config, n, k, m, group, bias):
     (configs.WsConfig(32, 8, True, split_k=3, split_tail=True, warpgroups=3), 9600),  # 150 tiles of 192 columns
     (configs.WsConfig(64, 6, True, split_k=4, tma_store=True), 640),  # the sums through TMA
     (configs.WsConfig(64, 9, True, split_k=3, tma_store=True, warpgroups=3, slice_k=True), 640),  # and of K slices
+    # stream-K: 150 tiles of 32 x 128, 18 past the wave: their 288 blocks in runs of 3 across the 16-block tiles
+    (configs.WsConfig(32, 8, True, stream_k=True), 6400),
+    (configs.WsConfig(64, 8, False, tma_store=True, slice_k=True, stream_k=True), 640),  # 20 tiles in runs of 3
 ])
 def test_split_k_gives_the_same_bits_every_run(config, n):
     """The splits' partials meet in a fixed order (`splitk.py`), whichever program finishes first."""
@@ -316,7 +367,8 @@ def test_split_sums_leave_through_tma_with_the_same_bits(config):
 @pytest.mark.skipif(not HOPPER, reason="the warp-specialised kernel needs a Hopper GPU")
 @pytest.mark.parametrize("config", [configs.WsConfig(128, 4, True), configs.WsConfig(64, 6, False, split_k=3),
                                     configs.WsConfig(32, 8, True, split_k=2, split_tail=True),
-                                    configs.WsConfig(64, 8, True, split_k=2, slice_k=True)], ids=_config_id)
+                                    configs.WsConfig(64, 8, True, split_k=2, slice_k=True),
+                                    configs.WsConfig(32, 8, True, stream_k=True)], ids=_config_id)
 def test_runs_inside_a_cuda_graph(config):
     w = _weight(1024, 512, 128, device="cuda")
     x = torch.randn((512, 1024), device="cuda", dtype=torch.float16)
