@@ -47,7 +47,7 @@ CAPABILITY = (9, 0)
 CURRENT = ("current_7b", "current_70b", "half2", "swapped", "swapped_joined", "flat", "flat_m1_checked", "flat_m2",
            "scaled", "packed", "packed_m1", "split", "split_70b", "ws", "ws_split",
            "ws_paired", "tail", "tma_store", "tma_store_m64", "warpgroups",
-           "warpgroups_m1024", "slice_k")  # runs of the shipped kernels, oldest first
+           "warpgroups_m1024", "slice_k", "stream_k", "stream_k_m1024")  # runs of the shipped kernels, oldest first
 
 
 def _load(name: str) -> dict:

@@ -261,6 +261,23 @@ def _store_tile(acc, y_ptr, y_desc, y_bufs, bias_ptr, has_bias, M, N, stride_ym,
 
 
 @gluon.jit
+def _partial_offsets(acc):
+    """Where each element of a warpgroup's (64, BLOCK_M) float32 wgmma accumulator goes in its partial: register i of
+    thread t at i 128 + t. Each store of one register by a warp then writes 32 neighbouring floats, one whole 128-byte
+    line; in the tile's (column, row) order a warp's store wrote 32 bytes into each of 8 lines. (Any one-to-one order
+    sums the same bits: the partials are written and read in this one layout.) The accumulator's layout: warp w holds
+    rows 16 w .. 16 w + 15, lane l rows l / 4 and l / 4 + 8 of them at columns 8 j + 2 (l % 4) and the next, registers
+    4 j .. 4 j + 3 (PTX ISA, wgmma's D fragments)."""
+    layout: gl.constexpr = acc.type.layout
+    BLOCK_M: gl.constexpr = acc.type.shape[1]
+    r = gl.expand_dims(gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1)  # (64, 1)
+    c = gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0)  # (1, BLOCK_M)
+    thread = (r // 16) * 32 + (r % 8) * 4 + (c % 8) // 2  # (64, BLOCK_M)
+    register = (c // 8) * 4 + (r % 16) // 8 * 2 + c % 2  # (64, BLOCK_M)
+    return register * 128 + thread
+
+
+@gluon.jit
 def _merge_splits(acc, y_ptr, y_desc, y_bufs, ws_ptr, count_ptr, bias_ptr, tile, whole_tiles, slot, count, slots,
                   has_bias, M, N, stride_ym, off_m, col0, PART: gl.constexpr, PARTS: gl.constexpr,
                   TMA_STORE: gl.constexpr):
@@ -268,13 +285,11 @@ def _merge_splits(acc, y_ptr, y_desc, y_bufs, ws_ptr, count_ptr, bias_ptr, tile,
     piece's float32 partial, count in on the part's own counter behind the warpgroup's own barrier; the last to
     arrive sums the partials in slot order (its own from its registers where that keeps the order), writes y as a
     whole tile does (through shared memory and TMA with TMA_STORE) and resets the counter. The partials are
-    tile-local, in the accumulator's (column, row) order: slot s of part PART of the i-th split tile at
-    ((i slots + s) PARTS + PART) 64 BLOCK_M floats. So they need no mask, and the workspace holds the split tiles
+    tile-local, in the accumulator's register order (`_partial_offsets`): slot s of part PART of the i-th split tile
+    at ((i slots + s) PARTS + PART) 64 BLOCK_M floats. So they need no mask, and the workspace holds the split tiles
     only."""
-    layout: gl.constexpr = acc.type.layout
+    local = _partial_offsets(acc)
     BLOCK_M: gl.constexpr = acc.type.shape[1]
-    local = (gl.expand_dims(gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, layout)), 1) * BLOCK_M
-             + gl.expand_dims(gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, layout)), 0))  # (64, BLOCK_M)
     part_floats: gl.constexpr = WG_COLUMNS * BLOCK_M
     first = ws_ptr + (((tile - whole_tiles) * slots * PARTS + PART).to(gl.int64) * part_floats)  # slot 0
     slot_stride = PARTS * part_floats
