@@ -90,21 +90,21 @@ LOAD_REGS = gl.constexpr(LOAD_REGISTERS)
 
 
 @gluon.jit
-def _unit_blocks(unit, whole_tiles, split_k, blocks_per_split, span, n_blocks, total_blocks, STREAM_K: gl.constexpr):
+def _unit_blocks(unit, whole_tiles, span, slots, n_blocks, total_blocks, STREAM_K: gl.constexpr):
     """Work unit -> its K blocks [lo, hi) in the launch's order of blocks (tile t's block b is t n_blocks + b). Units
-    below `whole_tiles` are whole tiles; past them each tile is split_k units of a split_k-th of its blocks, or
-    (STREAM_K) each unit is the next `span` blocks of the split tiles' run, reaching into the next tile where a tile's
-    blocks run out. Splits of one tile are neighbours, then M tiles, so the programs that share a weight tile run
-    together."""
+    below `whole_tiles` are whole tiles; past them each tile is `slots` units (its splits) of `span` blocks (the last
+    one shorter), or (STREAM_K) each unit is the next `span` blocks of the split tiles' run, reaching into the next
+    tile where a tile's blocks run out. Splits of one tile are neighbours, then M tiles, so the programs that share a
+    weight tile run together."""
     past = gl.maximum(unit - whole_tiles, 0)  # the unit's place among the split ones
     if STREAM_K:
         lo = whole_tiles * n_blocks + past * span
         hi = gl.minimum(lo + span, total_blocks)
     else:
-        tile = whole_tiles + past // split_k
-        pid_k = past % split_k
-        lo = tile * n_blocks + pid_k * blocks_per_split
-        hi = tile * n_blocks + gl.minimum((pid_k + 1) * blocks_per_split, n_blocks)
+        tile = whole_tiles + past // slots
+        pid_k = past % slots
+        lo = tile * n_blocks + pid_k * span
+        hi = tile * n_blocks + gl.minimum((pid_k + 1) * span, n_blocks)
     whole = unit < whole_tiles
     return gl.where(whole, unit * n_blocks, lo), gl.where(whole, (unit + 1) * n_blocks, hi)
 
@@ -116,7 +116,7 @@ def _segments(lo, hi, n_blocks):
 
 
 @gluon.jit
-def _segment(unit, lo, hi, i, whole_tiles, split_k, blocks_per_split, span, n_blocks, tiles_m, BLOCK_M: gl.constexpr,
+def _segment(unit, lo, hi, i, whole_tiles, span, slots, n_blocks, tiles_m, BLOCK_M: gl.constexpr,
              BLOCK_N: gl.constexpr, STREAM_K: gl.constexpr):
     """Segment i of the unit of blocks [lo, hi) -> (output tile, its first row, its first weight column, its blocks
     [b_start, b_end), this segment's place among the units that reach into the tile (`slot`: its partial's), how many
@@ -130,15 +130,15 @@ def _segment(unit, lo, hi, i, whole_tiles, split_k, blocks_per_split, span, n_bl
         count = ((tail + 1) * n_blocks - 1) // span - first + 1
         slot = unit - whole_tiles - first
     else:
-        count = split_k
-        slot = b_start // blocks_per_split
+        count = slots
+        slot = b_start // span
     count = gl.where(tail >= 0, count, 1)
     return tile, (tile % tiles_m) * BLOCK_M, (tile // tiles_m) * BLOCK_N, b_start, b_end, slot, count
 
 
 @gluon.jit
-def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k, span,
-                    whole_tiles, units, first_unit, unit_step, STREAM_K: gl.constexpr):
+def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, span, slots, whole_tiles, units,
+                    first_unit, unit_step, STREAM_K: gl.constexpr):
     """The load warp: block b of each segment of the program's work units, its x tile (two 64-column boxes) and the
     words of each 64-column part of the tile, into the next buffer of the ring."""
     STAGES: gl.constexpr = ready.type.shape[0]
@@ -150,11 +150,10 @@ def _load_partition(x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks
     total_blocks = gl.cdiv(N, BLOCK_N) * tiles_m * n_blocks
     it = 0  # blocks loaded so far: the ring position
     for unit in range(first_unit, units, unit_step):
-        lo, hi = _unit_blocks(unit, whole_tiles, split_k, blocks_per_split, span, n_blocks, total_blocks, STREAM_K)
+        lo, hi = _unit_blocks(unit, whole_tiles, span, slots, n_blocks, total_blocks, STREAM_K)
         for i in range(_segments(lo, hi, n_blocks)):
-            tile, off_m, off_n, b_start, b_end, slot, count = _segment(unit, lo, hi, i, whole_tiles, split_k,
-                                                                       blocks_per_split, span, n_blocks, tiles_m,
-                                                                       BLOCK_M, BLOCK_N, STREAM_K)
+            tile, off_m, off_n, b_start, b_end, slot, count = _segment(unit, lo, hi, i, whole_tiles, span, slots,
+                                                                       n_blocks, tiles_m, BLOCK_M, BLOCK_N, STREAM_K)
             for b in range(b_start, b_end):
                 s = it % STAGES
                 mbarrier.wait(empty.index(s), ((it // STAGES) & 1) ^ 1)  # the ring starts empty: phase 1 passes
@@ -339,8 +338,8 @@ def _mma_partition(args, WG: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl
     and stored by warpgroup 0. `args` are the kernel's values every warpgroup shares. (Sizes come from the buffers'
     shapes: a constexpr passed through `warp_specialize` in a variable arrives as a value.)"""
     (x_bufs, w_bufs, y_bufs, red_bufs, ready, empty, red_ready, red_free, zs_ptr, y_ptr, y_desc, ws_ptr, count_ptr,
-     bias_ptr, M, N, stride_ym, n_blocks, blocks_per_split, split_k, span, slots, blocks_per_group, has_bias,
-     whole_tiles, units, first_unit, unit_step) = args
+     bias_ptr, M, N, stride_ym, n_blocks, span, slots, blocks_per_group, has_bias, whole_tiles, units, first_unit,
+     unit_step) = args
     STAGES: gl.constexpr = ready.type.shape[0]
     PARTS: gl.constexpr = w_bufs.type.shape[0] // STAGES  # the tile's 64-column parts: 1 with SLICE_K
     PART: gl.constexpr = WG % PARTS  # this warpgroup's part
@@ -359,11 +358,10 @@ def _mma_partition(args, WG: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl
     it = 0  # the ring position of the segment's first block
     done = 0  # segments finished
     for unit in range(first_unit, units, unit_step):
-        lo, hi = _unit_blocks(unit, whole_tiles, split_k, blocks_per_split, span, n_blocks, total_blocks, STREAM_K)
+        lo, hi = _unit_blocks(unit, whole_tiles, span, slots, n_blocks, total_blocks, STREAM_K)
         for i in range(_segments(lo, hi, n_blocks)):
-            tile, off_m, off_n, b_start, b_end, slot, count = _segment(unit, lo, hi, i, whole_tiles, split_k,
-                                                                       blocks_per_split, span, n_blocks, tiles_m,
-                                                                       BLOCK_M, BLOCK_N, STREAM_K)
+            tile, off_m, off_n, b_start, b_end, slot, count = _segment(unit, lo, hi, i, whole_tiles, span, slots,
+                                                                       n_blocks, tiles_m, BLOCK_M, BLOCK_N, STREAM_K)
             col0 = off_n + PART * WG_COLUMNS
             zs_cols = gl.expand_dims(col0 + gl.arange(0, WG_COLUMNS, layout=gl.SliceLayout(1, a_layout)), 1)  # (64, 1)
             acc = gl.zeros((WG_COLUMNS, BLOCK_M), gl.float32, layout=mma_layout)  # y^T tile
@@ -432,15 +430,14 @@ def _mma_partition(args, WG: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl
 
 @gluon.jit
 def gemm_ws_kernel(x_desc, w_desc, y_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bias_ptr, M, N, stride_ym, n_blocks,
-                   blocks_per_split, split_k, span, slots, blocks_per_group, has_bias, whole_tiles, units,
-                   BLOCK_M: gl.constexpr, STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr,
-                   SPLIT: gl.constexpr, PAIRED: gl.constexpr, TMA_STORE: gl.constexpr, WARPGROUPS: gl.constexpr,
-                   SLICE_K: gl.constexpr, STREAM_K: gl.constexpr):
+                   span, slots, blocks_per_group, has_bias, whole_tiles, units, BLOCK_M: gl.constexpr,
+                   STAGES: gl.constexpr, MMA_REGS: gl.constexpr, PERSISTENT: gl.constexpr, SPLIT: gl.constexpr,
+                   PAIRED: gl.constexpr, TMA_STORE: gl.constexpr, WARPGROUPS: gl.constexpr, SLICE_K: gl.constexpr,
+                   STREAM_K: gl.constexpr):
     """`units` work units (`_unit_blocks`): tiles of (BLOCK_M rows of x) x (64 WARPGROUPS weight columns, or 64 with
-    SLICE_K), the first `whole_tiles` over all of K and each later one as split_k units over a split_k-th of the K
-    blocks, or (STREAM_K) the later tiles' blocks in runs of `span`, each tile meeting at most `slots` of them. One
-    unit a program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the
-    next."""
+    SLICE_K), the first `whole_tiles` over all of K and each later one as `slots` units (its splits) of `span` blocks,
+    or (STREAM_K) the later tiles' blocks in runs of `span`, each tile meeting at most `slots` of them. One unit a
+    program, or (PERSISTENT) units pid, pid + programs, ... with the ring running on from one unit to the next."""
     PARTS: gl.constexpr = 1 if SLICE_K else WARPGROUPS  # the tile's 64-column parts
     x_bufs = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BLOCK_M, X_BOX_K], x_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES * PARTS, WG_COLUMNS, 16], w_desc.layout)
@@ -467,10 +464,10 @@ def gemm_ws_kernel(x_desc, w_desc, y_desc, zs_ptr, y_ptr, ws_ptr, count_ptr, bia
     first_unit = gl.program_id(0)
     unit_step = gl.num_programs(0) if PERSISTENT else units
     shared = (x_bufs, w_bufs, y_bufs, red_bufs, ready, empty, red_ready, red_free, zs_ptr, y_ptr, y_desc, ws_ptr,
-              count_ptr, bias_ptr, M, N, stride_ym, n_blocks, blocks_per_split, split_k, span, slots, blocks_per_group,
-              has_bias, whole_tiles, units, first_unit, unit_step)
-    load = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, blocks_per_split, split_k, span, whole_tiles,
-            units, first_unit, unit_step, STREAM_K)
+              count_ptr, bias_ptr, M, N, stride_ym, n_blocks, span, slots, blocks_per_group, has_bias, whole_tiles,
+              units, first_unit, unit_step)
+    load = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, M, N, n_blocks, span, slots, whole_tiles, units, first_unit,
+            unit_step, STREAM_K)
     # One partition per MMA warpgroup, the first in the kernel's own 4 warps, each with its constexprs written out
     if WARPGROUPS == 2:
         gl.warp_specialize([(_mma_partition, (shared, 0, WARPGROUPS, SLICE_K, SPLIT, PAIRED, TMA_STORE, STREAM_K)),
@@ -599,7 +596,7 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
         whole_tiles, units, span, slots = stream_k_layout(tiles, n_blocks, sms)
     else:
         whole_tiles, units = split_layout(tiles, split_k, config.split_tail, sms)
-        span, slots = blocks_per_split, split_k
+        span, slots = blocks_per_split, split_k  # a split's blocks; a tile's splits
     split = whole_tiles < tiles and slots > 1
     # each 64-column part of a split tile counts on its own counter
     assert config.parts * tiles <= MAX_TILES, (
@@ -614,8 +611,8 @@ def gemm_ws(x: torch.Tensor, weight: PreparedWeight, bias: torch.Tensor | None, 
     counters = arrival_counters(x.device) if split else y
     grid = (min(units, sms) if config.persistent else units,)
     gemm_ws_kernel[grid](x_desc, w_desc, y_desc, weight.zero_scales, y, workspace, counters,
-                         bias if bias is not None else y, m, n, y.stride(0), n_blocks, blocks_per_split, split_k,
-                         span, slots, weight.group_size // PACK_K, bias is not None, whole_tiles, units,
+                         bias if bias is not None else y, m, n, y.stride(0), n_blocks, span, slots,
+                         weight.group_size // PACK_K, bias is not None, whole_tiles, units,
                          BLOCK_M=config.block_m, STAGES=config.stages,
                          MMA_REGS=config.mma_registers or mma_register_budget(config.warpgroups),
                          PERSISTENT=config.persistent, SPLIT=split, PAIRED=config.paired_blocks, TMA_STORE=tma_store,
